@@ -1,0 +1,42 @@
+/// One received UDP datagram.
+public struct Datagram: Sendable, Hashable {
+    /// The bytes of the datagram. May be empty: a zero-length datagram is a datagram.
+    public var payload: [UInt8]
+    /// The address of the sender.
+    public var remote: SocketAddress
+    /// Whether the datagram was larger than the receive buffer and lost its tail (libuv's
+    /// `UV_UDP_PARTIAL`). The default receive buffer holds any datagram, so this is only `true`
+    /// when a smaller maximum size was asked for.
+    public var isTruncated: Bool
+
+    /// Creates a datagram value.
+    public init(payload: [UInt8], remote: SocketAddress, isTruncated: Bool = false) {
+        self.payload = payload
+        self.remote = remote
+        self.isTruncated = isTruncated
+    }
+}
+
+/// Flags for binding a UDP handle, and the truncation flag libuv reports on receive.
+public struct UDPFlags: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// Bind an IPv6 socket for IPv6 only (`IPV6_V6ONLY`, libuv's `UV_UDP_IPV6ONLY`): it will not
+    /// receive IPv4 traffic as `::ffff:a.b.c.d`. Only valid with an IPv6 bind address.
+    public static let ipv6Only = UDPFlags(rawValue: 1)
+    /// Reported, not requested: the datagram was truncated (libuv's `UV_UDP_PARTIAL`). Passing it
+    /// to `bind` is refused with `EINVAL`; ``Datagram/isTruncated`` carries it on receive.
+    public static let partial = UDPFlags(rawValue: 2)
+    /// Let several sockets bind the same address and port (`SO_REUSEADDR`, libuv's
+    /// `UV_UDP_REUSEADDR`). On Linux every socket involved must set it.
+    public static let reuseAddress = UDPFlags(rawValue: 4)
+}
+
+/// Whether to join or leave a multicast group.
+public enum UDPMembership: Sendable, Hashable {
+    /// Join the group (`UV_JOIN_GROUP`).
+    case join
+    /// Leave the group (`UV_LEAVE_GROUP`).
+    case leave
+}
