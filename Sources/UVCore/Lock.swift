@@ -4,11 +4,11 @@ import Glibc
 ///
 /// The executor queue uses this rather than `Synchronization.Mutex` because ThreadSanitizer
 /// understands pthread mutexes but not the futex-based `Mutex`, and reports false races on it.
-final class PThreadLock: @unchecked Sendable {
+package final class PThreadLock: @unchecked Sendable {
     // Safe to share: `mutex` is only touched through pthread_mutex_* calls, which synchronise.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
 
-    init() {
+    package init() {
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         let rc = pthread_mutex_init(mutex, nil)
@@ -21,7 +21,7 @@ final class PThreadLock: @unchecked Sendable {
     }
 
     @inline(__always)
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+    package func withLock<T>(_ body: () throws -> T) rethrows -> T {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body()

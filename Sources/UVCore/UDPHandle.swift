@@ -874,9 +874,9 @@ extension UVLoop {
 }
 
 /// Carries a non-Sendable value from the loop thread back to the loop thread.
-struct LoopBound<Value>: @unchecked Sendable {
+package struct LoopBound<Value>: @unchecked Sendable {
     // Safe: created on the loop thread and only unwrapped by a job the same loop runs, which is
     // the same thread (or, after shutdown, the loop's single late-work drainer).
-    let value: Value
-    init(_ value: Value) { self.value = value }
+    package let value: Value
+    package init(_ value: Value) { self.value = value }
 }

@@ -59,7 +59,7 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
     private var serialRole: SerialRole!
     /// Jobs the loop thread runs in one wakeup before it lets libuv poll again, counted in
     /// rounds of "everything queued so far".
-    private static let drainRounds = 16
+    private static let drainRounds = 1024
 
     enum Phase { case running, stopping, stopped }
 
@@ -81,6 +81,8 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
     // Loop thread only.
     let uvLoop: UnsafeMutablePointer<uv_loop_t>
     private let wakeup: UnsafeMutablePointer<uv_async_t>
+    private let turnEnd: UnsafeMutablePointer<uv_check_t>
+    private var turnEndWork: [any EndOfTurnWork] = []
     private var draining: [Job] = []
     private var resources: [ObjectIdentifier: any LoopResource] = [:]
     /// True from the moment the shutdown job starts closing handles.
@@ -98,6 +100,7 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         self.name = name
         uvLoop = .allocate(capacity: 1)
         wakeup = .allocate(capacity: 1)
+        turnEnd = .allocate(capacity: 1)
         receiveScratch = .allocate(byteCount: Self.receiveScratchSize, alignment: 16)
         let rc = uv_loop_init(uvLoop)
         precondition(rc == 0, "uv_loop_init failed: \(UVError(code: rc))")
@@ -107,6 +110,14 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         }
         precondition(rc2 == 0, "uv_async_init failed: \(UVError(code: rc2))")
         wakeup.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        uv_check_init(uvLoop, turnEnd)
+        turnEnd.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        uv_check_start(turnEnd) { check in
+            guard let check, let data = check.pointee.data else { return }
+            Unmanaged<UVLoop>.fromOpaque(data).takeUnretainedValue().endOfTurn()
+        }
+        // The check handle must not keep the loop alive on its own.
+        uv_unref(UnsafeMutableRawPointer(turnEnd).assumingMemoryBound(to: uv_handle_t.self))
         serialRole = SerialRole(loop: self)
 
         let started = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
@@ -126,6 +137,7 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         // Only reachable after shutdown: the running thread holds a strong reference.
         uvLoop.deallocate()
         wakeup.deallocate()
+        turnEnd.deallocate()
         receiveScratch.deallocate()
     }
 
@@ -158,6 +170,7 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
             for job in late { run(job) }
         }
         uv_close(UnsafeMutableRawPointer(wakeup).assumingMemoryBound(to: uv_handle_t.self), nil)
+        uv_close(UnsafeMutableRawPointer(turnEnd).assumingMemoryBound(to: uv_handle_t.self), nil)
         uv_run(uvLoop, UV_RUN_DEFAULT)
         let rc = uv_loop_close(uvLoop)
         if rc != 0 {
@@ -358,6 +371,25 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         uv_stop(uvLoop)
     }
 
+    // MARK: End of turn (loop thread only)
+
+    /// Runs `work.endOfTurn()` once, after this turn's I/O callbacks (a `uv_check` handle). The
+    /// receive path uses it to hand a whole burst of datagrams to a consumer at once.
+    package func runAtEndOfTurn(_ work: any EndOfTurnWork) {
+        turnEndWork.append(work)
+    }
+
+    private func endOfTurn() {
+        if !turnEndWork.isEmpty {
+            let work = turnEndWork
+            turnEndWork.removeAll(keepingCapacity: true)
+            for item in work { item.endOfTurn() }
+        }
+        // Consumers resumed just now may run on this loop (loop-affine tasks): run them in this
+        // turn rather than after another trip through epoll.
+        drain()
+    }
+
     // MARK: Resources (loop thread only)
 
     func register(_ resource: any LoopResource) {
@@ -379,6 +411,11 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         preconditionInLoop("openHandleCount")
         return resources.count
     }
+}
+
+/// Work deferred to the end of a loop turn; see ``UVLoop/runAtEndOfTurn(_:)``.
+package protocol EndOfTurnWork: AnyObject {
+    func endOfTurn()
 }
 
 /// Something open on a loop that the loop's shutdown must close.
