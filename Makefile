@@ -2,10 +2,10 @@
 # Both first install libuv1-dev and pkg-config when they are missing (with sudo when not root).
 SWIFT ?= swift
 
-.PHONY: deps build demo test test-tsan clean
+.PHONY: deps build demo test test-tsan bench clean
 
 deps:
-	@scripts/install-deps.sh
+	@.ci/install-deps
 
 build: deps
 	$(SWIFT) build
@@ -18,6 +18,9 @@ test: deps
 
 test-tsan: deps
 	$(SWIFT) test --disable-xctest --sanitize=thread --scratch-path .build-tsan
+
+bench: deps
+	cd Benchmarks && ./run.sh
 
 clean:
 	rm -rf .build .build-tsan

@@ -16,6 +16,11 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
+        // Examples only:
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        // Tests only:
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -40,12 +45,10 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
-        .executableTarget(
-            name: "udp-echo",
-            dependencies: ["AsyncUDP"],
-            path: "Examples/udp-echo",
-            swiftSettings: strictSettings
-        ),
+        example("udp-echo"),
+        example("udpcat"),
+        example("multicast-chat"),
+        example("statsd-collector"),
         .testTarget(
             name: "UVCoreTests",
             dependencies: ["UVCore", "CLibUV"],
@@ -56,5 +59,33 @@ let package = Package(
             dependencies: ["AsyncUDP", "CLibUV"],
             swiftSettings: strictSettings
         ),
+        .testTarget(
+            name: "ReliabilityTests",
+            dependencies: [
+                "AsyncUDP", "CLibUV",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ExampleTests",
+            dependencies: ["AsyncUDP"],
+            swiftSettings: strictSettings
+        ),
     ]
 )
+
+/// An example program: `Examples/<name>`, built by `swift build`, using the async layer with
+/// swift-argument-parser and swift-log as users would.
+func example(_ name: String) -> Target {
+    .executableTarget(
+        name: name,
+        dependencies: [
+            "AsyncUDP",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ],
+        path: "Examples/\(name)",
+        swiftSettings: strictSettings
+    )
+}

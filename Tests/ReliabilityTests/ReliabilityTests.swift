@@ -1,0 +1,3 @@
+import Testing
+
+// Reliability suites (issue 6) live in this target.
