@@ -62,14 +62,24 @@ let package = Package(
         .testTarget(
             name: "ReliabilityTests",
             dependencies: [
-                "AsyncUDP", "CLibUV",
+                "AsyncUDP", "CLibUV", "reliability-tool",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strictSettings
         ),
+        .executableTarget(
+            name: "reliability-tool",
+            dependencies: [
+                "AsyncUDP",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Tests/ReliabilityTool",
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "ExampleTests",
-            dependencies: ["AsyncUDP"],
+            // Depending on the examples makes `swift test` build their binaries.
+            dependencies: ["AsyncUDP", "udp-echo", "udpcat", "multicast-chat", "statsd-collector"],
             swiftSettings: strictSettings
         ),
     ]
