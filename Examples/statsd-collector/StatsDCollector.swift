@@ -3,6 +3,7 @@
 import ArgumentParser
 import AsyncUDP
 import Foundation
+import Glibc
 import Logging
 
 @main
@@ -153,7 +154,6 @@ actor Collector {
         case .json: printJSON(report, final: final)
         case .table: printTable(report, final: final)
         }
-        fflush(nil)
     }
 
     private func printJSON(_ report: FlushReport, final: Bool) {
@@ -173,7 +173,7 @@ actor Collector {
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         do {
             let data = try encoder.encode(Line(timestamp: Date().timeIntervalSince1970, final: final, report: report))
-            print(String(decoding: data, as: UTF8.self))
+            say(String(decoding: data, as: UTF8.self))
         } catch {
             logger.error("cannot encode the flush as JSON: \(error)")
         }
@@ -181,7 +181,7 @@ actor Collector {
 
     private func printTable(_ report: FlushReport, final: Bool) {
         let when = ISO8601DateFormatter().string(from: Date())
-        print("\(final ? "final flush" : "flush") at \(when) after \(fixed(report.intervalSeconds, 1)) s: "
+        say("\(final ? "final flush" : "flush") at \(when) after \(fixed(report.intervalSeconds, 1)) s: "
             + "\(report.datagrams) datagrams, \(report.lines) lines, \(report.malformed) malformed")
         var rows: [[String]] = []
         for (name, value) in report.counters.sorted(by: { $0.key < $1.key }) {
@@ -198,7 +198,7 @@ actor Collector {
             rows.append(["set", name, "\(count) distinct", ""])
         }
         if rows.isEmpty {
-            print("  (no metrics)")
+            say("  (no metrics)")
             return
         }
         var widths = [Int](repeating: 0, count: 4)
@@ -207,8 +207,21 @@ actor Collector {
             let cells = row.enumerated().map { column, cell in
                 column == 3 ? cell : cell + String(repeating: " ", count: widths[column] - cell.count)
             }
-            print("  " + cells.joined(separator: "  "))
+            say("  " + cells.joined(separator: "  "))
         }
+    }
+}
+
+/// Writes a line to standard output at once, with `write(2)`: a pipe (a test, `tee`) sees each
+/// line when it is printed. (Not `fflush(nil)`: that also waits for the lock of a `FILE` another
+/// thread is blocked reading, such as standard input.)
+func say(_ text: String, terminator: String = "\n") {
+    var bytes = Array((text + terminator).utf8)[...]
+    while !bytes.isEmpty {
+        let written = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+        if written < 0 && errno == EINTR { continue }
+        guard written > 0 else { return }
+        bytes = bytes.dropFirst(written)
     }
 }
 

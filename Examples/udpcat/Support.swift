@@ -2,10 +2,17 @@ import Dispatch
 import Glibc
 import Logging
 
-/// Prints and flushes at once, so a pipe (a test, `tee`) sees each line when it is printed.
-func say(_ text: String) {
-    print(text)
-    fflush(nil)
+/// Writes a line to standard output at once, with `write(2)`: a pipe (a test, `tee`) sees each
+/// line when it is printed. (Not `fflush(nil)`: that also waits for the lock of a `FILE` another
+/// thread is blocked reading, such as standard input.)
+func say(_ text: String, terminator: String = "\n") {
+    var bytes = Array((text + terminator).utf8)[...]
+    while !bytes.isEmpty {
+        let written = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+        if written < 0 && errno == EINTR { continue }
+        guard written > 0 else { return }
+        bytes = bytes.dropFirst(written)
+    }
 }
 
 /// Sends logs to standard error, at debug level when `verbose`.
