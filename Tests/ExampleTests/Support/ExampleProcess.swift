@@ -116,6 +116,22 @@ final class ExampleProcess: @unchecked Sendable {
         }
     }
 
+    /// Polls `stream` until `pattern` matches at least `count` times.
+    func waitFor(count: Int, of pattern: String, in stream: OutputStream, timeout: Duration = .seconds(10)) async throws {
+        let regex = try Regex(pattern)
+        let deadline = ContinuousClock.now + timeout
+        while text(stream).matches(of: regex).count < count {
+            guard process.isRunning, ContinuousClock.now < deadline else {
+                throw ProcessTimeout(description: """
+                    \(name): fewer than \(count) /\(pattern)/ on \(stream)
+                    stdout: \(text(.stdout))
+                    stderr: \(text(.stderr))
+                    """)
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
     /// Waits for the process to exit and returns its status; throws (after killing it) if it
     /// is still running at the deadline.
     func waitForExit(timeout: Duration = .seconds(10)) async throws -> Int32 {
