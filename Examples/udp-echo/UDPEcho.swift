@@ -123,15 +123,16 @@ extension UDPEcho {
             say("listening on \(socket.localAddress)")
             let stopper = Task {
                 let signal = await firstSignal(of: [SIGINT, SIGTERM])
-                logger.info("signal \(signal): closing")
+                guard signal != 0 else { return }
+                // Read the counters while the socket is open: the kernel's drop count needs it.
+                let statistics = await socket.statistics
+                logger.info("signal \(signal): closing; \(statistics)")
                 await socket.close()
             }
             defer { stopper.cancel() }
             try await withTaskExecutorPreference(loop) {
                 try await serveEcho(on: socket, logger: logger)
             }
-            let statistics = await socket.statistics
-            logger.info("closed: \(statistics)")
         }
     }
 
