@@ -66,6 +66,50 @@ struct UDPCatTests {
         #expect(try await receiver.waitForExit() == 0)
     }
 
+    @Test("udpcat send --file sends the file's lines")
+    func sendFile() async throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("udpcat-\(UUID().uuidString).txt")
+        try "first line\nsecond line\n".write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let receiver = try python("""
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(10)
+            print("port", s.getsockname()[1], flush=True)
+            print([s.recvfrom(65536)[0] for _ in range(2)], flush=True)
+            """)
+        defer { receiver.terminate() }
+        let port = try await receiver.waitFor(#"port (\d+)"#, in: .stdout)[1]
+        let sender = try ExampleProcess(example: "udpcat", ["send", "127.0.0.1", port, "--file", file.path])
+        defer { sender.terminate() }
+        #expect(try await sender.waitForExit() == 0, "\(sender.text(.stderr))")
+        try await receiver.waitFor(#"\[b'first line', b'second line'\]"#, in: .stdout)
+    }
+
+    @Test("udpcat listen --join receives what a Python sender sends to the group on 127.0.0.1")
+    func listenJoinsGroup() async throws {
+        let group = "239.255.\(Int.random(in: 1...254)).\(Int.random(in: 1...254))"
+        let listener = try ExampleProcess(example: "udpcat", ["listen", "--join", group, "--interface", "127.0.0.1", "0"])
+        defer { listener.terminate() }
+        let port = try await listener.waitFor(#"listening on 0\.0\.0\.0:(\d+)"#, in: .stderr)[1]
+        #expect(listener.text(.stderr).contains("joined \(group) on 127.0.0.1"))
+        // The sender repeats until the listener has printed the datagram (or 10 s pass).
+        let sender = try python("""
+            import socket, sys, time
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+            for _ in range(100):
+                s.sendto(b"hello, group", (sys.argv[1], int(sys.argv[2])))
+                time.sleep(0.1)
+            """, [group, port])
+        defer { sender.terminate() }
+        try await listener.waitFor(#"127\.0\.0\.1:\d+: hello, group"#, in: .stdout)
+        listener.interrupt()
+        #expect(try await listener.waitForExit() == 0)
+    }
+
     @Test("udpcat refuses bad input with a one-line reason and a non-zero status", arguments: [
         (["send", "1.2.3", "9"], "invalid IP address"),
         (["send", "localhost", "9"], "invalid IP address"),
