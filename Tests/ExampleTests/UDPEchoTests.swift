@@ -12,7 +12,7 @@ struct UDPEchoTests {
         let client = try python("""
             import socket, sys
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.settimeout(2)
+            s.settimeout(5)
             payloads = [b"hello", b"", b"x" * 1400, bytes(range(256)), b"y" * 60000]
             for p in payloads:
                 s.sendto(p, ("127.0.0.1", int(sys.argv[1])))

@@ -145,6 +145,12 @@ final class ExampleProcess: @unchecked Sendable {
         }
         // Let the readability handlers take the last bytes.
         try await Task.sleep(for: .milliseconds(20))
+        // Under `swift test --sanitize=thread` the examples are built with TSan too: a report
+        // on their standard error fails the test that ran them.
+        let errors = text(.stderr)
+        for sanitizer in ["ThreadSanitizer", "AddressSanitizer", "LeakSanitizer"] where errors.contains("WARNING: \(sanitizer)") || errors.contains("ERROR: \(sanitizer)") {
+            Issue.record("\(name) reported a \(sanitizer) problem:\n\(errors)")
+        }
         return process.terminationStatus
     }
 
