@@ -69,6 +69,21 @@ struct UDPEchoTests {
         #expect(output.contains("p99"))
     }
 
+    @Test("udp-echo client measures round trips against socat as the echo server",
+          .enabled(if: isInstalled("socat"), "socat is not installed (.ci/run installs it)"))
+    func clientAgainstSocat() async throws {
+        // Without `fork`, socat's UDP-LISTEN takes the first peer and echoes its datagrams (PIPE).
+        let port = try freeUDPPort()
+        let echo = try ExampleProcess(program: "socat", ["-d", "-d", "UDP4-LISTEN:\(port),bind=127.0.0.1", "PIPE"])
+        defer { echo.terminate() }
+        try await echo.waitFor("listening on", in: .stderr)
+        let client = try ExampleProcess(example: "udp-echo", ["client", "127.0.0.1", "\(port)", "--count", "500",
+                                                               "--window", "4", "--deadline", "10"])
+        defer { client.terminate() }
+        #expect(try await client.waitForExit(timeout: .seconds(20)) == 0, "\(client.text(.stderr))")
+        #expect(client.text(.stdout).contains("p99"), "\(client.text(.stdout))")
+    }
+
     @Test("udp-echo client fails with a one-line reason when nobody answers")
     func clientWithoutServerFails() async throws {
         let port = try freeUDPPort()
