@@ -1,4 +1,5 @@
 internal import Glibc
+internal import Synchronization
 import UVCore
 
 /// A UDP socket whose methods run on its libuv loop's thread: an actor with the loop as its
@@ -60,6 +61,7 @@ public actor UDPSocket {
     public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
 
     nonisolated let receiver: ReceiveQueue
+    nonisolated let direct: DirectSender
     private let handle: UDPHandle
     private var sent = 0
     private var bytesSent = 0
@@ -77,7 +79,7 @@ public actor UDPSocket {
     ///   down.
     public init(bindingTo address: SocketAddress, loop: UVLoop = .shared, flags: UDPFlags = [],
                 configuration: Configuration = Configuration()) async throws {
-        try await self.init(loop: loop, configuration: configuration) { handle in
+        try await self.init(loop: loop, configuration: configuration, ipv6Only: flags.contains(.ipv6Only)) { handle in
             try handle.bind(address, flags: flags)
         }
     }
@@ -96,18 +98,18 @@ public actor UDPSocket {
     public init(connectingTo remote: SocketAddress, bindingTo local: SocketAddress? = nil, loop: UVLoop = .shared,
                 configuration: Configuration = Configuration()) async throws {
         let local = try local ?? SocketAddress(ip: remote.family == .ipv4 ? "0.0.0.0" : "::", port: 0)
-        try await self.init(loop: loop, configuration: configuration) { handle in
+        try await self.init(loop: loop, configuration: configuration, ipv6Only: false) { handle in
             try handle.bind(local)
             try handle.connect(remote)
         }
     }
 
-    private init(loop: UVLoop, configuration: Configuration,
+    private init(loop: UVLoop, configuration: Configuration, ipv6Only: Bool,
                  setUp: @escaping @Sendable (UDPHandle) throws -> Void) async throws {
         try configuration.validate()
         let (transientErrors, transientContinuation) = AsyncStream<UVError>.makeStream(bufferingPolicy: .bufferingNewest(64))
         let receiver = ReceiveQueue(loop: loop, configuration: configuration, transientErrors: transientContinuation)
-        let opened = try await loop.submit { () throws -> LoopBound<(UDPHandle, SocketAddress, SocketAddress?)> in
+        let opened = try await loop.submit { () throws -> LoopBound<(UDPHandle, DirectSender, SocketAddress)> in
             let handle = try UDPHandle(loop: loop)
             do {
                 try setUp(handle)
@@ -117,7 +119,11 @@ public actor UDPSocket {
                 receiver.handle = handle
                 try handle.startReceiving { _, result in receiver.receive(result) }
                 handle.addCloseObserver { receiver.finish(.closed) }
-                return LoopBound((handle, try handle.localAddress(), try handle.remoteAddress()))
+                let local = try handle.localAddress()
+                let direct = DirectSender(fd: try handle.fileDescriptor(), peer: try handle.remoteAddress(),
+                                          family: local.family, ipv6Only: ipv6Only)
+                handle.addWillCloseObserver { direct.close() }
+                return LoopBound((handle, direct, local))
             } catch {
                 handle.close()
                 throw error
@@ -127,8 +133,9 @@ public actor UDPSocket {
         self.configuration = configuration
         self.receiver = receiver
         self.handle = opened.value.0
-        self.localAddress = opened.value.1
-        self.remoteAddress = opened.value.2
+        self.direct = opened.value.1
+        self.localAddress = opened.value.2
+        self.remoteAddress = opened.value.1.peer
         self.transientErrors = transientErrors
         self.datagrams = AsyncThrowingStream(unfolding: { try await receiver.next() })
     }
@@ -190,7 +197,12 @@ public actor UDPSocket {
 
     private nonisolated func send(_ payload: Payload, to address: SocketAddress?) async throws {
         try Task.checkCancellation()
-        if loop.inLoop, try trySendOnLoopThread(payload.bytes, to: address) { return }
+        if loop.inLoop {
+            if try trySendOnLoopThread(payload.bytes, to: address) { return }
+        } else if case .sent = try direct.send(payload.bytes, to: address) {
+            // Sent from this thread with no hop; see DirectSender.
+            return
+        }
         try await sendIsolated(payload.bytes, to: address)
     }
 
@@ -237,10 +249,15 @@ public actor UDPSocket {
     }
 
     private func queueSend(_ bytes: [UInt8], to address: SocketAddress?, retryOnTransient: Bool) async throws {
+        direct.willQueue()
         let outcome: UVError? = try await withCheckedThrowingContinuation { continuation in
             do {
-                try handle.send(bytes, to: address) { _, error in continuation.resume(returning: error) }
+                try handle.send(bytes, to: address) { [direct] _, error in
+                    direct.didDequeue()
+                    continuation.resume(returning: error)
+                }
             } catch {
+                direct.didDequeue()
                 continuation.resume(throwing: error)
             }
         }
@@ -294,9 +311,9 @@ public actor UDPSocket {
         stats.datagramsDelivered = counters.delivered
         stats.datagramsQueued = counters.queued
         stats.peakQueued = counters.peak
-        stats.datagramsSent = sent
-        stats.bytesSent = bytesSent
-        stats.sendErrors = sendErrors
+        stats.datagramsSent = sent + direct.sent.load(ordering: .relaxed)
+        stats.bytesSent = bytesSent + direct.bytesSent.load(ordering: .relaxed)
+        stats.sendErrors = sendErrors + direct.errors.load(ordering: .relaxed)
         stats.kernelDrops = kernelDrops()
         return stats
     }

@@ -1,4 +1,4 @@
-internal import CLibUV
+package import CLibUV
 internal import Glibc
 
 /// An IP address family.
@@ -286,7 +286,7 @@ extension SocketAddress {
     }
 
     /// Calls `body` with this address as a C `sockaddr` and its length.
-    func withSockAddr<R, E: Error>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(E) -> R) throws(E) -> R {
+    package func withSockAddr<R, E: Error>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(E) -> R) throws(E) -> R {
         switch storage {
         case .v4(let address, let port):
             var sin = sockaddr_in()

@@ -50,6 +50,7 @@ public final class UDPHandle {
     private var sendCallbacks = Deque<SendHandler?>()
     private var closeHandlers: [CloseHandler] = []
     private var closeObservers: [() -> Void] = []
+    private var willCloseObservers: [() -> Void] = []
     private var callbackDepth = 0
 
     /// Whether ``startReceiving(_:)`` is in effect.
@@ -380,20 +381,31 @@ public final class UDPHandle {
     }
 
     private func checkFamily(of address: SocketAddress) throws(UVError) {
-        if family == .ipv4 && address.family == .ipv6 {
+        try Self.checkFamily(of: address, socketFamily: family, ipv6Only: isIPv6Only)
+    }
+
+    private func validateSend(to address: SocketAddress?, size: Int) throws(UVError) {
+        try Self.validateSend(to: address, size: size, peer: peer, socketFamily: family, ipv6Only: isIPv6Only)
+    }
+
+    static func checkFamily(of address: SocketAddress, socketFamily: AddressFamily?, ipv6Only: Bool) throws(UVError) {
+        if socketFamily == .ipv4 && address.family == .ipv6 {
             throw UVError.addressFamilyNotSupported.with(context: "an IPv4 socket cannot reach \(address)")
         }
-        if isIPv6Only && address.family == .ipv4 {
+        if ipv6Only && address.family == .ipv4 {
             throw UVError.networkUnreachable.with(context: "an IPv6-only socket cannot reach \(address)")
         }
     }
 
-    private func validateSend(to address: SocketAddress?, size: Int) throws(UVError) {
+    /// The checks every send makes before anything reaches libuv or the kernel: the destination
+    /// (or its absence on a connected socket), its family and port, and the size limit.
+    package static func validateSend(to address: SocketAddress?, size: Int, peer: SocketAddress?,
+                                     socketFamily: AddressFamily?, ipv6Only: Bool) throws(UVError) {
         let destinationFamily: AddressFamily
         if let address {
             if let peer { throw UVError.alreadyConnected.with(context: "connected to \(peer); send without an address") }
             if address.port == 0 { throw UVError.invalidArgument.with(context: "destination port 0") }
-            try checkFamily(of: address)
+            try checkFamily(of: address, socketFamily: socketFamily, ipv6Only: ipv6Only)
             destinationFamily = address.family
         } else {
             guard let peer else {
@@ -499,6 +511,9 @@ public final class UDPHandle {
         case .open:
             if let onClose { closeHandlers.append(onClose) }
             state = .closing
+            let willClose = willCloseObservers
+            willCloseObservers = []
+            for observer in willClose { observer() }
             if isReceiving {
                 isReceiving = false
                 uv_udp_recv_stop(raw)
@@ -526,6 +541,12 @@ public final class UDPHandle {
         for observer in observers { observer() }
         for handler in handlers { handler(self) }
         loop.unregister(self)
+    }
+
+    /// For the async layer: runs `observer` when close begins, before libuv closes the socket
+    /// (whoever closes it, including the loop's shutdown).
+    package func addWillCloseObserver(_ observer: @escaping () -> Void) {
+        if state == .open { willCloseObservers.append(observer) } else { observer() }
     }
 
     /// For the async layer: runs `observer` once the handle has closed (whoever closed it).
