@@ -1,0 +1,96 @@
+import Glibc
+import Testing
+import AsyncUDP
+
+/// The loop the reliability tests that use `UDPHandle` directly run on (pattern copied from
+/// Tests/UVCoreTests/Support/TestLoop.swift).
+let testLoop = UVLoop(name: "reliability-tests")
+
+/// A global actor whose executor is `testLoop`: code isolated to it runs on the loop thread, so it
+/// may create and use `UDPHandle`s directly, and libuv callbacks run in its isolation.
+@globalActor
+actor TestLoop {
+    static let shared = TestLoop()
+    nonisolated var unownedExecutor: UnownedSerialExecutor { testLoop.asUnownedSerialExecutor() }
+}
+
+/// Collects what a handle receives, and hands it out to an awaiting test in order.
+@TestLoop
+final class Inbox {
+    private var items: [Result<Datagram, UVError>] = []
+    private var waiter: CheckedContinuation<Result<Datagram, UVError>, Never>?
+    private(set) var received = 0
+
+    init(_ handle: UDPHandle) throws {
+        try handle.startReceiving { [self] _, result in push(result) }
+    }
+
+    private func push(_ result: Result<Datagram, UVError>) {
+        received += 1
+        if let waiter {
+            self.waiter = nil
+            waiter.resume(returning: result)
+        } else {
+            items.append(result)
+        }
+    }
+
+    /// The next datagram or receive error.
+    func next() async -> Result<Datagram, UVError> {
+        if !items.isEmpty { return items.removeFirst() }
+        return await withCheckedContinuation { waiter = $0 }
+    }
+
+    /// The next datagram; a receive error fails the test by throwing.
+    func datagram() async throws -> Datagram { try await next().get() }
+
+    /// The next receive error; a datagram fails the test.
+    func error() async throws -> UVError {
+        switch await next() {
+        case .failure(let error): return error
+        case .success(let datagram): throw UnexpectedDatagram(datagram: datagram)
+        }
+    }
+
+    var buffered: Int { items.count }
+}
+
+struct UnexpectedDatagram: Error { let datagram: Datagram }
+
+/// A handle bound to `ip` on an ephemeral port.
+@TestLoop
+func boundHandle(_ ip: String = "127.0.0.1", port: Int = 0, flags: UDPFlags = []) throws -> UDPHandle {
+    let handle = try UDPHandle(loop: testLoop)
+    try handle.bind(SocketAddress(ip: ip, port: port), flags: flags)
+    return handle
+}
+
+/// Queues a send and waits for its completion; returns the send's own error, if any.
+@TestLoop
+func sendAndWait(_ handle: UDPHandle, _ buffers: [[UInt8]], to address: SocketAddress? = nil) async throws -> UVError? {
+    try await withCheckedThrowingContinuation { continuation in
+        do {
+            try handle.send(buffers, to: address) { _, error in continuation.resume(returning: error) }
+        } catch {
+            continuation.resume(throwing: error)
+        }
+    }
+}
+
+/// Closes handles and waits for their close callbacks.
+@TestLoop
+func closeAll(_ handles: UDPHandle...) async {
+    for handle in handles {
+        await withCheckedContinuation { continuation in handle.close { _ in continuation.resume() } }
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, read, closed).
+@TestLoop
+func closedPort(_ ip: String = "127.0.0.1") async throws -> SocketAddress {
+    let probe = try boundHandle(ip)
+    let address = try probe.localAddress()
+    await closeAll(probe)
+    return address
+}
+
