@@ -46,6 +46,19 @@ struct UDPEchoTests {
         #expect(!output.contains("\r"))
     }
 
+    @Test("on a terminal, udp-echo demo rewrites one progress line in place",
+          .enabled(if: isInstalled("script"), "script(1) is not installed"))
+    func demoProgressOnTerminal() async throws {
+        // script(1) runs the demo with a pseudo-terminal as its standard output.
+        let binary = examplesDirectory.appendingPathComponent("udp-echo").path
+        let demo = try ExampleProcess(program: "script", ["-qfec", "\(binary) demo --count 3000 --window 8", "/dev/null"])
+        defer { demo.terminate() }
+        #expect(try await demo.waitForExit(timeout: .seconds(30)) == 0, "\(demo.text(.stdout))")
+        let output = demo.text(.stdout)
+        #expect(output.contains("\r  3000/3000 round trips (100%)"), "\(output)")
+        #expect(output.contains("p99"))
+    }
+
     @Test("udp-echo client measures round trips against a Python echo server")
     func clientAgainstPython() async throws {
         let echo = try python("""
