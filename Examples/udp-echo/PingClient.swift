@@ -89,10 +89,14 @@ actor PingClient {
         }
         defer { ticker.cancel() }
         for _ in 0..<plan.window { await sendNext() }
-        for try await datagram in socket.datagrams {
-            receive(datagram)
-            if completed >= plan.count { break }
-            if nextSequence < UInt64(plan.count) { await sendNext() }
+        do {
+            for try await datagram in socket.datagrams {
+                receive(datagram)
+                if completed >= plan.count { break }
+                if nextSequence < UInt64(plan.count) { await sendNext() }
+            }
+        } catch {
+            failure = failure ?? error  // a fatal receive error; the socket is closed below
         }
         let elapsed = monotonicNanoseconds() - start
         await socket.close()

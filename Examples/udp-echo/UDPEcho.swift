@@ -83,7 +83,7 @@ extension UDPEcho {
         }
         let serving = Task(executorPreference: serverLoop) { try await serveEcho(on: server) }
         say("udp-echo demo: \(plan.count) round trips of \(plan.size) bytes, window \(plan.window), "
-            + "to an echo server at \(server.localAddress)")
+            + "to an echo server at \(server.localAddress) (server and client each on a loop thread of their own)")
         let outcome = await Task(executorPreference: clientLoop) {
             try await PingClient.measure(target: server.localAddress, plan: plan, loop: clientLoop,
                                          progress: ProgressLine())
