@@ -32,7 +32,7 @@ struct UDPEchoTests {
 
     @Test("udp-echo demo with a small count prints the rate, percentiles and histogram, and exits 0")
     func demoPrintsHistogram() async throws {
-        let demo = try ExampleProcess(example: "udp-echo", ["demo", "--count", "2000", "--window", "8"])
+        let demo = try ExampleProcess(example: "udp-echo", ["demo", "--count", "2000", "--window", "8", "--timeout", "5000"])
         defer { demo.terminate() }
         #expect(try await demo.waitForExit(timeout: .seconds(30)) == 0, "\(demo.text(.stderr))")
         let output = demo.text(.stdout)
@@ -74,7 +74,7 @@ struct UDPEchoTests {
         defer { echo.terminate() }
         let port = try await echo.waitFor(#"port (\d+)"#, in: .stdout)[1]
         let client = try ExampleProcess(example: "udp-echo", ["client", "127.0.0.1", port, "--count", "500", "--window", "4",
-                                                               "--size", "100", "--deadline", "10"])
+                                                               "--size", "100", "--timeout", "5000", "--deadline", "10"])
         defer { client.terminate() }
         #expect(try await client.waitForExit(timeout: .seconds(20)) == 0, "\(client.text(.stderr))")
         let output = client.text(.stdout)
