@@ -61,23 +61,35 @@ struct MulticastChat: AsyncParsableCommand {
                                            loop: loop, flags: .reuseAddress)
         let port = receiver.localAddress.port
         let destination = try group.withPort(port)
-        // The sending socket: a port of its own, so members can tell senders apart and we can
-        // recognize (and skip) our own lines when they loop back.
-        let sender: UDPSocket
         do {
             try await receiver.joinGroup(self.group, interface: interface)
-            let senderBind = group.family == .ipv4 && interface != nil ? interface! : wildcard
-            sender = try await UDPSocket(bindingTo: SocketAddress(ip: senderBind, port: 0), loop: loop)
-            if let interface { try await sender.setMulticastInterface(interface) }
-            try await sender.setMulticastTTL(ttl)
-            try await sender.setMulticastLoop(self.loop)
         } catch {
             await receiver.close()
             throw UsageError("cannot join \(self.group) on \(interface ?? "the default interface"): \(error)")
         }
+        // The sending socket: a port of its own (on the interface, for IPv4), so members can
+        // tell senders apart and we can recognize (and skip) our own lines when they loop back.
+        let sender: UDPSocket
+        do {
+            let senderIP = group.family == .ipv4 ? interface ?? wildcard : wildcard
+            sender = try await UDPSocket(bindingTo: SocketAddress(ip: senderIP, port: 0), loop: loop)
+            do {
+                if let interface { try await sender.setMulticastInterface(interface) }
+                try await sender.setMulticastTTL(ttl)
+                try await sender.setMulticastLoop(self.loop)
+            } catch {
+                await sender.close()
+                throw error
+            }
+        } catch {
+            await receiver.close()
+            throw UsageError("cannot send to \(self.group) from \(interface ?? "the default interface"): \(error)")
+        }
         logger.info("joined \(self.group) on \(interface ?? "the default interface"), port \(port); sending from \(sender.localAddress)")
 
         let me = sender.localAddress
+        // Our own lines, looped back. (With a wildcard sender the IP is unknown, so the port
+        // alone decides: a sender elsewhere with the same port would be skipped too.)
         func isMine(_ remote: SocketAddress) -> Bool {
             remote.port == me.port && (remote.ip == me.ip || me.ip == wildcard)
         }
