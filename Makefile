@@ -24,3 +24,17 @@ bench: deps
 
 clean:
 	rm -rf .build .build-tsan
+
+# Reliability (issue 6): AddressSanitizer suite, leak check, soak.
+.PHONY: test-asan check-leaks soak
+
+test-asan: deps
+	$(SWIFT) test --disable-xctest --sanitize=address --scratch-path .build-asan
+
+# LeakSanitizer (in the AddressSanitizer runtime) over `reliability-tool leak-check`.
+check-leaks: deps
+	.ci/check-leaks
+
+# 60 s flood of a slow consumer; not part of CI. SOAK_SECONDS=n to change the length.
+soak: deps
+	.ci/soak

@@ -20,6 +20,12 @@ func emit(_ line: String) {
     _ = bytes.withUnsafeMutableBytes { write(1, $0.baseAddress, $0.count) }
 }
 
+/// Writes a progress line to standard error.
+func progress(_ line: String) {
+    var bytes = Array("reliability-tool: \(line)\n".utf8)
+    _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+}
+
 func parseAddress(_ text: String) throws -> SocketAddress {
     do { return try SocketAddress(text) } catch { throw ValidationError("\(error)") }
 }

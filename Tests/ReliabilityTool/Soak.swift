@@ -42,8 +42,11 @@ struct Soak: AsyncParsableCommand {
         let bytes = [UInt8](repeating: 0x5A, count: size)
         let flood = Task(executorPreference: senderLoop) { () -> [String: Int] in
             var errors: [String: Int] = [:]
+            var count = 0
             while !stop.load(ordering: .relaxed) {
                 do { try await sender.send(bytes, to: target) } catch { errors[errorName(error), default: 0] += 1 }
+                count += 1
+                if count % 64 == 0 { await Task.yield() }  // send() may not suspend: let the loop poll
             }
             return errors
         }
