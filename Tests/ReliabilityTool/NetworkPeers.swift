@@ -173,6 +173,10 @@ struct MulticastLoop: AsyncParsableCommand {
         let groupAddress = try SocketAddress(ip: group, port: port)
         let marker = try SocketAddress(ip: interface, port: port)
         var iterator = receiver.datagrams.makeAsyncIterator()
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(20))
+            await receiver.close()  // ends the iteration below if the control never arrives
+        }
 
         // Control: loop on, the group datagram comes back to this host.
         try await sender.setMulticastLoop(true)
@@ -180,7 +184,7 @@ struct MulticastLoop: AsyncParsableCommand {
         try await sender.send(Array("M-on".utf8), to: marker)
         var onGroup = 0
         var onMarkers = 0
-        while onMarkers < 1, let datagram = try await iterator.next() {
+        while onGroup < 1 || onMarkers < 1, let datagram = try await iterator.next() {
             if datagram.payload.first == UInt8(ascii: "G") { onGroup += 1 } else { onMarkers += 1 }
         }
         // Loop off: each group datagram is followed by a marker; none of the group ones may come.
@@ -194,6 +198,7 @@ struct MulticastLoop: AsyncParsableCommand {
         while offMarkers < count, let datagram = try await iterator.next() {
             if datagram.payload.first == UInt8(ascii: "G") { offGroup += 1 } else { offMarkers += 1 }
         }
+        watchdog.cancel()
         await receiver.close()
         await sender.close()
         await loop.shutdown()
