@@ -14,7 +14,7 @@ struct NamespaceNetworkTests {
         guard await receiving.waitForLine(startingWith: "READY") else {
             let result = await receiving.wait()
             Issue.record("receiver did not start: \(result)")
-            return (result, ChildResult(status: -1, stdout: "", stderr: "not started"))
+            return (result, ChildResult(status: -1, output: "sender not started"))
         }
         let sending = try Child(network.tool(in: pair.a, ["send"] + sender))
         let received = await receiving.wait()

@@ -1,4 +1,4 @@
-import Foundation
+
 import Glibc
 import Testing
 
@@ -23,7 +23,7 @@ private let nameCounter = LockedCounter()
 
 final class LockedCounter: @unchecked Sendable {
     // Safe to share: `value` is only touched under `lock`.
-    private let lock = NSLock()
+    private let lock = PosixLock()
     private var value = 0
     func next() -> Int { lock.withLock { value += 1; return value } }
 }
