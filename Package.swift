@@ -96,6 +96,7 @@ func example(_ name: String) -> Target {
             .product(name: "Logging", package: "swift-log"),
         ],
         path: "Examples/\(name)",
+        exclude: ["README.md"],
         swiftSettings: strictSettings
     )
 }

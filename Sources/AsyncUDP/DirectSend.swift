@@ -80,6 +80,9 @@ final class DirectSender: Sendable {
         }
     }
 
+    /// Whether close has begun (any thread).
+    var isClosed: Bool { state.load(ordering: .acquiring) & Self.closedBit != 0 }
+
     /// Loop thread: a send is about to join libuv's queue / has left it.
     func willQueue() { queued.add(1, ordering: .releasing) }
     func didDequeue() { queued.subtract(1, ordering: .releasing) }

@@ -56,6 +56,8 @@ final class ReceiveQueue: EndOfTurnWork, @unchecked Sendable {
     var droppedByPolicy = 0
     var transientErrors = 0
     var readingPauses = 0
+    /// The kernel's drop count, read just before the socket closed.
+    var finalKernelDrops: Int?
     let transientContinuation: AsyncStream<UVError>.Continuation
 
     // Consumer.
@@ -159,9 +161,12 @@ final class ReceiveQueue: EndOfTurnWork, @unchecked Sendable {
         if case .cancelled = end {} else { transientContinuation.finish() }
     }
 
-    /// Counters that need the lock.
+    /// Counters that need the lock (loop thread). Datagrams read this turn are first put
+    /// through the overflow policy, so received = delivered + dropped + queued holds exactly and
+    /// queued never exceeds the limit.
     func sharedCounters() -> (delivered: Int, queued: Int, peak: Int) {
-        lock.withLock { (shared.delivered, shared.buffer.count, shared.peakQueued) }
+        endOfTurn()
+        return lock.withLock { (shared.delivered, shared.buffer.count, shared.peakQueued) }
     }
 
     // MARK: Consumer side

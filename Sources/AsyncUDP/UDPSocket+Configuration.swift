@@ -91,7 +91,8 @@ extension UDPSocket {
         /// (an empty buffer list, a closed socket and cancellation are not counted).
         public var sendErrors = 0
         /// The kernel's own count of datagrams it dropped for this socket because its receive
-        /// buffer was full (`SO_MEMINFO`); `nil` where the kernel does not report it.
+        /// buffer was full (`SO_MEMINFO`); `nil` where the kernel does not report it. After
+        /// ``UDPSocket/close()`` it keeps the count read just before the socket closed.
         public var kernelDrops: Int?
 
         /// Creates zeroed statistics.

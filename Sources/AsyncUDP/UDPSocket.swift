@@ -62,7 +62,9 @@ public actor UDPSocket {
 
     nonisolated let receiver: ReceiveQueue
     nonisolated let direct: DirectSender
-    private let handle: UDPHandle
+    /// The handle; only unwrapped on the loop (isolated methods, or a job `deinit` queues).
+    private nonisolated let handleBox: LoopBound<UDPHandle>
+    private var handle: UDPHandle { handleBox.value }
     private var sent = 0
     private var bytesSent = 0
     private var sendErrors = 0
@@ -122,7 +124,10 @@ public actor UDPSocket {
                 let local = try handle.localAddress()
                 let direct = DirectSender(fd: try handle.fileDescriptor(), peer: try handle.remoteAddress(),
                                           family: local.family, ipv6Only: ipv6Only)
-                handle.addWillCloseObserver { direct.close() }
+                handle.addWillCloseObserver {
+                    direct.close()
+                    receiver.finalKernelDrops = UDPSocket.kernelDrops(fd: direct.fd)
+                }
                 return LoopBound((handle, direct, local))
             } catch {
                 handle.close()
@@ -132,7 +137,7 @@ public actor UDPSocket {
         self.loop = loop
         self.configuration = configuration
         self.receiver = receiver
-        self.handle = opened.value.0
+        self.handleBox = LoopBound(opened.value.0)
         self.direct = opened.value.1
         self.localAddress = opened.value.2
         self.remoteAddress = opened.value.1.peer
@@ -140,10 +145,13 @@ public actor UDPSocket {
         self.datagrams = AsyncThrowingStream(unfolding: { try await receiver.next() })
     }
 
-    isolated deinit {
-        // A socket dropped without close(): close its handle here, on the loop (the loop keeps
-        // open handles alive until they are closed).
-        handle.close()
+    deinit {
+        // A socket dropped without close(): close its handle on the loop (the loop keeps open
+        // handles alive until they are closed). A closed socket needs nothing from the loop,
+        // which may have shut down.
+        guard !direct.isClosed else { return }
+        let handle = handleBox
+        loop.execute { handle.value.close() }
     }
 
     // MARK: Sending
@@ -154,6 +162,10 @@ public actor UDPSocket {
     /// error. When nothing is queued the datagram goes out at once with a try-send (no request
     /// is allocated); otherwise it joins libuv's queue, which keeps datagrams in order. A failed
     /// send never fails the sends around it.
+    ///
+    /// On a connected socket, an ICMP error caused by an *earlier* datagram (such as
+    /// `ECONNREFUSED`) can surface on this send: it is reported on ``transientErrors`` and this
+    /// datagram is sent once more, so the error never fails the wrong send.
     ///
     /// Cancellation: if the task is cancelled before the datagram is queued, nothing is sent and
     /// this throws `CancellationError`. Once queued, a datagram cannot be taken back: the call
@@ -301,26 +313,25 @@ public actor UDPSocket {
     /// The socket's counters, read now.
     public var statistics: Statistics {
         var stats = Statistics()
+        let counters = receiver.sharedCounters()  // first: it settles this turn's arrivals
         stats.datagramsReceived = receiver.received
         stats.bytesReceived = receiver.bytesReceived
         stats.truncated = receiver.truncated
         stats.droppedByPolicy = receiver.droppedByPolicy
         stats.transientErrors = receiver.transientErrors
         stats.readingPauses = receiver.readingPauses
-        let counters = receiver.sharedCounters()
         stats.datagramsDelivered = counters.delivered
         stats.datagramsQueued = counters.queued
         stats.peakQueued = counters.peak
         stats.datagramsSent = sent + direct.sent.load(ordering: .relaxed)
         stats.bytesSent = bytesSent + direct.bytesSent.load(ordering: .relaxed)
         stats.sendErrors = sendErrors + direct.errors.load(ordering: .relaxed)
-        stats.kernelDrops = kernelDrops()
+        stats.kernelDrops = handle.isClosed ? receiver.finalKernelDrops : Self.kernelDrops(fd: direct.fd)
         return stats
     }
 
     /// `SO_MEMINFO`'s drop counter (`SK_MEMINFO_DROPS`), if the kernel reports it.
-    private func kernelDrops() -> Int? {
-        guard !handle.isClosed, let fd = try? handle.fileDescriptor() else { return nil }
+    static func kernelDrops(fd: Int32) -> Int? {
         var info = [UInt32](repeating: 0, count: 16)
         var length = socklen_t(info.count * 4)
         let soMemInfo: Int32 = 55  // SO_MEMINFO
@@ -415,6 +426,54 @@ public actor UDPSocket {
     }
 }
 
+/// Opens a socket connected to `remote`, runs `body` with it, and closes it on every exit path:
+/// return, throw and cancellation. See ``UDPSocket/init(connectingTo:bindingTo:loop:configuration:)``.
+///
+/// ```swift
+/// let reply = try await withUDPSocket(connectingTo: SocketAddress("127.0.0.1:53")) { udp in
+///     try await udp.send(query)
+///     var replies = udp.datagrams.makeAsyncIterator()
+///     return try await replies.next()
+/// }
+/// ```
+///
+/// - Parameters:
+///   - remote: The peer.
+///   - local: The local address; default, an ephemeral port on the wildcard address.
+///   - loop: The loop to live on. Default ``UVLoop/shared``.
+///   - configuration: Receive queue, overflow policy and buffer sizes.
+///   - body: Runs with the open socket; it is closed when `body` returns or throws.
+/// - Returns: What `body` returns.
+/// - Throws: What opening the socket or `body` throws.
+public func withUDPSocket<Result>(
+    connectingTo remote: SocketAddress,
+    bindingTo local: SocketAddress? = nil,
+    loop: UVLoop = .shared,
+    configuration: UDPSocket.Configuration = UDPSocket.Configuration(),
+    isolation: isolated (any Actor)? = #isolation,
+    _ body: (UDPSocket) async throws -> Result
+) async throws -> Result {
+    let socket = try await UDPSocket(connectingTo: remote, bindingTo: local, loop: loop, configuration: configuration)
+    return try await closing(socket, after: body)
+}
+
+/// Runs `body`, then closes `socket` whether `body` returned or threw.
+private func closing<Result>(
+    _ socket: UDPSocket,
+    isolation: isolated (any Actor)? = #isolation,
+    after body: (UDPSocket) async throws -> Result
+) async throws -> Result {
+    let result: Result
+    do {
+        result = try await body(socket)
+    } catch {
+        await socket.close()
+        throw error
+    }
+    await socket.close()
+    return result
+}
+
 /// Opens a socket bound to `address`, runs `body` with it, and closes it on every exit path:
 /// return, throw and cancellation.
 ///
@@ -443,13 +502,5 @@ public func withUDPSocket<Result>(
     _ body: (UDPSocket) async throws -> Result
 ) async throws -> Result {
     let socket = try await UDPSocket(bindingTo: address, loop: loop, flags: flags, configuration: configuration)
-    let result: Result
-    do {
-        result = try await body(socket)
-    } catch {
-        await socket.close()
-        throw error
-    }
-    await socket.close()
-    return result
+    return try await closing(socket, after: body)
 }

@@ -31,6 +31,11 @@ public struct UDPFlags: OptionSet, Sendable, Hashable {
     /// Let several sockets bind the same address and port (`SO_REUSEADDR`, libuv's
     /// `UV_UDP_REUSEADDR`). On Linux every socket involved must set it.
     public static let reuseAddress = UDPFlags(rawValue: 4)
+    /// Let several sockets bind the same address and port and have the kernel spread incoming
+    /// datagrams across them by flow (`SO_REUSEPORT`): one socket per ``UVLoop`` of a
+    /// ``UVLoopGroup`` uses several cores. libuv 1.44 has no flag for it, so AsyncUDP sets it on
+    /// the socket before handing it to libuv. Every socket on the port must set it.
+    public static let reusePort = UDPFlags(rawValue: 1 << 16)
 }
 
 /// Whether to join or leave a multicast group.

@@ -145,8 +145,9 @@ public final class UDPHandle {
     /// - Parameters:
     ///   - address: The local address; port 0 asks the kernel for an ephemeral port (read it back
     ///     with ``localAddress()``).
-    ///   - flags: `.reuseAddress` to share the port (every socket on it must set it), `.ipv6Only`
-    ///     to refuse IPv4 traffic on an IPv6 socket. Without `.ipv6Only` an IPv6 socket is made
+    ///   - flags: `.reuseAddress` to share the port (every socket on it must set it),
+    ///     `.reusePort` to share it with the kernel spreading datagrams across the sockets,
+    ///     `.ipv6Only` to refuse IPv4 traffic on an IPv6 socket. Without `.ipv6Only` an IPv6 socket is made
     ///     dual-stack explicitly, whatever the system default.
     /// - Throws: ``ClosedHandleError``; ``UVError/invalidArgument`` if the handle is already bound
     ///   (explicitly or by an earlier send or receive), if `.ipv6Only` comes with an IPv4 address,
@@ -166,15 +167,17 @@ public final class UDPHandle {
         if let family, family != address.family {
             throw UVError.invalidArgument.with(context: "cannot bind \(address) on an \(family) socket")
         }
-        if address.family == .ipv6 {
-            // Set IPV6_V6ONLY one way or the other before the bind, so dual-stack does not depend
-            // on the system default (libuv only ever sets it to 1).
+        if address.family == .ipv6 || flags.contains(.reusePort) {
+            // Options libuv cannot set before its bind: IPV6_V6ONLY one way or the other (libuv
+            // only ever sets it to 1, else dual-stack depends on the system default), and
+            // SO_REUSEPORT (no libuv flag in 1.44). Make the socket here if there is none yet.
             let fd: Int32
             if let existing = descriptor() {
                 fd = existing
             } else {
-                fd = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-                if fd < 0 { throw UVError(code: -errno, context: "socket(AF_INET6)") }
+                let type = Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+                fd = socket(address.family.rawValue, type, 0)
+                if fd < 0 { throw UVError(code: -errno, context: "socket(\(address.family))") }
                 let status = uv_udp_open(raw, fd)
                 if status < 0 {
                     Glibc.close(fd)
@@ -182,9 +185,14 @@ public final class UDPHandle {
                 }
                 // uv_udp_open sets SO_REUSEADDR; undo that unless it was asked for.
                 try setSocketOption(fd, SOL_SOCKET, SO_REUSEADDR, flags.contains(.reuseAddress) ? 1 : 0)
-                explicitFamily = .ipv6
+                explicitFamily = address.family
             }
-            try setSocketOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, flags.contains(.ipv6Only) ? 1 : 0)
+            if address.family == .ipv6 {
+                try setSocketOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, flags.contains(.ipv6Only) ? 1 : 0)
+            }
+            if flags.contains(.reusePort) {
+                try setSocketOption(fd, SOL_SOCKET, SO_REUSEPORT, 1)
+            }
         }
         let uvFlags = flags.intersection([.ipv6Only, .reuseAddress]).rawValue
         _ = try address.withSockAddr { (sa, _) throws(UVError) in

@@ -22,8 +22,8 @@ internal import Glibc
 ///
 /// - Important: After ``shutdown()`` the loop no longer runs libuv. Work that still arrives (a
 ///   task resuming on a socket's actor, an ``execute(_:)`` call) is not dropped: it runs, one job
-///   at a time, on the thread that submitted it, and a one-time diagnostic is printed to standard
-///   error. Handles on a shut-down loop are closed, so such work typically ends in
+///   at a time, on a short-lived thread of the loop's, and a one-time diagnostic is printed to
+///   standard error. Handles on a shut-down loop are closed, so such work typically ends in
 ///   ``ClosedHandleError``.
 public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
     // Safe to share: `queue` is guarded by its lock; `threadID` is written once by the loop
@@ -67,8 +67,9 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         var pending: [Job] = []
         var wakeupPending = false
         var phase = Phase.running
-        /// After shutdown: the thread currently running late jobs, if any.
+        /// After shutdown: the thread running late jobs, while one runs.
         var retiredDrainer: pthread_t?
+        var retiredDrainerRunning = false
         var warnedAboutLateWork = false
         var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
         var joined = false
@@ -245,7 +246,7 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         preconditionInLoop("code isolated to this loop")
     }
 
-    private enum SubmitAction { case none, drainRetired }
+    private enum SubmitAction { case none, startRetiredDrainer }
 
     private func submit(_ job: Job) {
         let action: SubmitAction = queue.withLock { state in
@@ -259,12 +260,12 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
                 }
                 return .none
             case .stopped:
-                if state.retiredDrainer != nil { return .none }
-                state.retiredDrainer = pthread_self()
-                return .drainRetired
+                if state.retiredDrainerRunning { return .none }
+                state.retiredDrainerRunning = true
+                return .startRetiredDrainer
             }
         }
-        if case .drainRetired = action { drainRetired() }
+        if case .startRetiredDrainer = action { startRetiredDrainer() }
     }
 
     /// Loop thread: runs everything queued, including what those jobs queue (a task hopping
@@ -290,12 +291,33 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         }
     }
 
-    /// After shutdown: the submitting thread becomes the executor until the queue is empty.
+    /// After shutdown: a detached thread runs late jobs until the queue is empty, then exits.
+    /// (Running them inline in `enqueue` would re-enter the Swift runtime, which may call
+    /// `enqueue` while it holds a task's lock.)
+    private func startRetiredDrainer() {
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let rc = pthread_create(&thread, nil, { raw in
+            let loop = Unmanaged<UVLoop>.fromOpaque(raw!).takeRetainedValue()
+            loop.drainRetired()
+            return nil
+        }, context)
+        if rc != 0 {
+            Unmanaged<UVLoop>.fromOpaque(context).release()
+            writeDiagnostic("UVLoop '\(name)': cannot start a thread for work after shutdown (\(rc)); running it inline")
+            drainRetired()
+            return
+        }
+        pthread_detach(thread)
+    }
+
     private func drainRetired() {
+        queue.withLock { $0.retiredDrainer = pthread_self() }
         while true {
             let (jobs, warn): ([Job], Bool) = queue.withLock { state in
                 if state.pending.isEmpty {
                     state.retiredDrainer = nil
+                    state.retiredDrainerRunning = false
                     return ([], false)
                 }
                 let warn = !state.warnedAboutLateWork
@@ -305,7 +327,7 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
             }
             if jobs.isEmpty { return }
             if warn {
-                writeDiagnostic("UVLoop '\(name)' received work after shutdown(); running it on the submitting thread (its handles are closed)")
+                writeDiagnostic("UVLoop '\(name)' received work after shutdown(); running it on a thread of its own (its handles are closed)")
             }
             for job in jobs { run(job) }
         }

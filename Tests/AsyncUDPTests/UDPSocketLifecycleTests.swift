@@ -203,6 +203,25 @@ struct UDPSocketLifecycleTests {
         await #expect(throws: ClosedHandleError.self) { try await socket.setTTL(3) }
     }
 
+    @Test("withUDPSocket(connectingTo:) sends to its peer and closes afterwards")
+    func scopedConnected() async throws {
+        let server = try await openSocket()
+        var captured: UDPSocket?
+        let reply = try await withUDPSocket(connectingTo: server.localAddress) { udp in
+            captured = udp
+            try await udp.send(Array("query"))
+            let query = try #require(try await receive(1, from: server).first)
+            try await server.send(Array("answer"), to: query.remote)
+            var replies = udp.datagrams.makeAsyncIterator()
+            return try await replies.next()?.payload
+        }
+        #expect(reply == Array("answer"))
+        let socket = try #require(captured)
+        #expect(await socket.isClosed)
+        #expect(await socket.statistics.kernelDrops == 0, "the kernel's count survives close")
+        await server.close()
+    }
+
     @Test("withUDPSocket closes when its task is cancelled")
     func scopedCancel() async throws {
         let (stream, continuation) = AsyncStream<UDPSocket>.makeStream()

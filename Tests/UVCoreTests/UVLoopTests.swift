@@ -140,3 +140,50 @@ final class LockedList: Sendable {
     func append(_ item: String) { box.withLock { $0.append(item) } }
     var items: [String] { box.withLock { $0 } }
 }
+
+@Suite("UVLoopGroup and SO_REUSEPORT", .timeLimit(.minutes(1)))
+struct UVLoopGroupTests {
+    @Test("one socket per loop on one port with .reusePort; the kernel spreads flows across them")
+    func reusePort() async throws {
+        let group = UVLoopGroup(count: 2, name: "reuseport-test")
+        #expect(group.loops.count == 2)
+        #expect(group.next() !== group.next())
+        let (arrivals, arrived) = AsyncStream<Int>.makeStream()
+        var port = 0
+        for (index, loop) in group.loops.enumerated() {
+            let bound = port
+            port = try await loop.submit { () -> Int in
+                let handle = try UDPHandle(loop: loop)
+                try handle.bind(SocketAddress(ip: "127.0.0.1", port: bound), flags: .reusePort)
+                var value: Int32 = 0
+                var length = socklen_t(4)
+                getsockopt(try handle.fileDescriptor(), SOL_SOCKET, SO_REUSEPORT, &value, &length)
+                #expect(value == 1)
+                try handle.startReceiving { _, result in if case .success = result { arrived.yield(index) } }
+                return try handle.localAddress().port
+            }
+        }
+        // A socket without the flag cannot join them.
+        let sharedPort = port
+        try await group.loops[0].submit {
+            let intruder = try UDPHandle(loop: group.loops[0])
+            defer { intruder.close() }
+            #expect(throws: UVError.addressInUse) { try intruder.bind(SocketAddress(ip: "127.0.0.1", port: sharedPort)) }
+        }
+        // 32 flows (32 source ports): every datagram arrives, and both sockets get some.
+        let target = try SocketAddress(ip: "127.0.0.1", port: port)
+        try await testLoop.submit {
+            for _ in 0..<32 {
+                let client = try UDPHandle(loop: testLoop)
+                try client.bind(SocketAddress("127.0.0.1:0"))
+                try client.send([1], to: target) { handle, _ in handle.close() }
+            }
+        }
+        var perSocket = [0, 0]
+        var iterator = arrivals.makeAsyncIterator()
+        for _ in 0..<32 { perSocket[try #require(await iterator.next())] += 1 }
+        #expect(perSocket[0] > 0 && perSocket[1] > 0, "spread: \(perSocket)")
+        await group.shutdown()
+        #expect(group.loops.allSatisfy { $0.isShutDown })
+    }
+}

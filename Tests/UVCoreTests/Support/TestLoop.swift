@@ -34,10 +34,28 @@ final class Inbox {
         }
     }
 
-    /// The next datagram or receive error.
+    /// The next datagram or receive error. Cancellation (the suite's time limit) ends the wait
+    /// with a `ECANCELED` failure rather than hanging the run.
     func next() async -> Result<Datagram, UVError> {
         if !items.isEmpty { return items.removeFirst() }
-        return await withCheckedContinuation { waiter = $0 }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                if Task.isCancelled {
+                    continuation.resume(returning: .failure(.canceled))
+                } else {
+                    waiter = continuation
+                }
+            }
+        } onCancel: {
+            Task { @TestLoop in self.cancelWait() }
+        }
+    }
+
+    private func cancelWait() {
+        if let waiter {
+            self.waiter = nil
+            waiter.resume(returning: .failure(.canceled))
+        }
     }
 
     /// The next datagram; a receive error fails the test by throwing.
