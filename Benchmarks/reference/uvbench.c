@@ -9,7 +9,8 @@
  *   uvbench idle SOCKETS          opens SOCKETS bound handles; prints heap bytes per socket
  *
  * Load generators (the same for every implementation):
- *   uvbench flood PORT COUNT SIZE         sends COUNT datagrams of SIZE bytes as fast as it can
+ *   uvbench flood PORT COUNT SIZE [FLOWS] sends COUNT datagrams of SIZE bytes as fast as it can,
+ *                                         round robin from FLOWS source sockets (default 1)
  *   uvbench pingpong PORT COUNT           one 64-byte datagram in flight; prints p50/p99 µs
  *   uvbench window PORT COUNT WINDOW      WINDOW datagrams in flight; prints round trips/s
  *
@@ -270,17 +271,21 @@ static int cmd_generate(int port, long count, int window, int record) {
   return uv_run(loop, UV_RUN_DEFAULT);
 }
 
-static int cmd_flood(int port, long count, int size) {
+static int cmd_flood(int port, long count, int size, int flows) {
   struct sockaddr_in to;
   uv_ip4_addr("127.0.0.1", port, &to);
-  uv_udp_init(loop, &client);
-  bind_loopback(&client, 0);
+  if (flows < 1) flows = 1;
+  uv_udp_t *clients = calloc((size_t)flows, sizeof *clients);
+  for (int i = 0; i < flows; i++) {
+    uv_udp_init(loop, &clients[i]);
+    bind_loopback(&clients[i], 0);
+  }
   char *payload = calloc(1, (size_t)size);
   uv_buf_t buf = uv_buf_init(payload, (unsigned)size);
   double t0 = now_seconds();
   long sent = 0;
   while (sent < count) {
-    int r = uv_udp_try_send(&client, &buf, 1, (const struct sockaddr *)&to);
+    int r = uv_udp_try_send(&clients[sent % flows], &buf, 1, (const struct sockaddr *)&to);
     if (r >= 0) sent++;
   }
   double elapsed = now_seconds() - t0;
@@ -293,9 +298,9 @@ int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "serve") == 0) return cmd_serve();
   if (argc >= 3 && strcmp(argv[1], "sink") == 0) return cmd_sink(atol(argv[2]));
   if (argc >= 3 && strcmp(argv[1], "idle") == 0) return cmd_idle(atol(argv[2]));
-  if (argc >= 5 && strcmp(argv[1], "flood") == 0) return cmd_flood(atoi(argv[2]), atol(argv[3]), atoi(argv[4]));
+  if (argc >= 5 && strcmp(argv[1], "flood") == 0) return cmd_flood(atoi(argv[2]), atol(argv[3]), atoi(argv[4]), argc >= 6 ? atoi(argv[5]) : 1);
   if (argc >= 4 && strcmp(argv[1], "pingpong") == 0) return cmd_generate(atoi(argv[2]), atol(argv[3]), 1, 1);
   if (argc >= 5 && strcmp(argv[1], "window") == 0) return cmd_generate(atoi(argv[2]), atol(argv[3]), atoi(argv[4]), 0);
-  fprintf(stderr, "usage: uvbench serve | sink COUNT | idle SOCKETS | flood PORT COUNT SIZE | pingpong PORT COUNT | window PORT COUNT WINDOW\n");
+  fprintf(stderr, "usage: uvbench serve | sink COUNT | idle SOCKETS | flood PORT COUNT SIZE [FLOWS] | pingpong PORT COUNT | window PORT COUNT WINDOW\n");
   return 2;
 }

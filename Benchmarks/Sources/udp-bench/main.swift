@@ -6,6 +6,8 @@
 //   udp-bench sink IMPL COUNT     receiver; prints "ready PORT"; counts until COUNT arrive or
 //                                 300 ms pass without one; prints {"received", "seconds", "rate"}
 //   udp-bench idle IMPL SOCKETS   opens SOCKETS bound sockets; prints heap bytes per socket
+//   udp-bench sink-group LOOPS COUNT   a UVLoopGroup of LOOPS loops, one UDPSocket per loop on one
+//                                 port with .reusePort; counts like sink
 //
 // IMPL: async (UDPSocket, consumer on the global executor), affine (UDPSocket, consumer on the
 // loop executor), callback (UDPHandle), nio-async (NIOAsyncChannel), nio-handler (ChannelHandler).
@@ -231,6 +233,76 @@ func sinkNIOAsync(counter: SinkCounter) async throws {
     }
 }
 
+// MARK: - Loop group
+
+/// Counts across several consumers (one per loop).
+final class GroupCounter: @unchecked Sendable {
+    // Safe: every field is read and written under `lock`.
+    private let lock = NSLock()
+    private var count = 0
+    private var first = 0.0
+    private var last = 0.0
+    let expected: Int
+    init(expected: Int) { self.expected = expected }
+
+    func note(_ n: Int) {
+        let now = monotonic()
+        lock.lock()
+        if count == 0 { first = now }
+        last = now
+        count += n
+        let done = count >= expected
+        lock.unlock()
+        if done { finish() }
+    }
+
+    func finish() {
+        lock.lock()
+        let (count, span) = (self.count, last - first)
+        lock.unlock()
+        emit("{\"received\": \(count), \"seconds\": \(span), \"rate\": \(span > 0 ? Double(count - 1) / span : 0), \"peak_rss_kib\": \(peakRSSKiB())}")
+        exit(0)
+    }
+
+    func watchIdle() {
+        Thread {
+            while true {
+                usleep(50_000)
+                self.lock.lock()
+                let idle = self.count > 0 && monotonic() - self.last > 0.3
+                self.lock.unlock()
+                if idle { self.finish() }
+            }
+        }.start()
+    }
+}
+
+func sinkGroup(loops: Int, counter: GroupCounter) async throws {
+    let group = UVLoopGroup(count: loops, name: "bench")
+    var port = 0
+    var sockets: [UDPSocket] = []
+    for loop in group.loops {
+        let socket = try await UDPSocket(bindingTo: SocketAddress(ip: "127.0.0.1", port: port), loop: loop, flags: .reusePort,
+                                         configuration: .init(receiveQueueLimit: 4096, receiveBufferSize: receiveBufferSize))
+        port = socket.localAddress.port
+        sockets.append(socket)
+    }
+    counter.watchIdle()
+    emit("ready \(port)")
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+        for socket in sockets {
+            tasks.addTask {
+                var pending = 0
+                for try await _ in socket.datagrams {
+                    pending += 1
+                    if pending == 64 { counter.note(pending); pending = 0 }
+                }
+            }
+        }
+        try await tasks.waitForAll()
+    }
+}
+
 // MARK: - Idle sockets
 
 func raiseFileLimit() {
@@ -291,6 +363,7 @@ case ("sink", _):
     default: try await sinkNIOHandler(counter: counter)
     }
 case ("idle", _): try await idle(impl, sockets: Int(arguments[3])!)
+case ("sink-group", _): try await sinkGroup(loops: Int(impl)!, counter: GroupCounter(expected: Int(arguments[3])!))
 default:
     FileHandle.standardError.write("unknown mode or implementation: \(mode) \(impl)\n".data(using: .utf8)!)
     exit(2)
