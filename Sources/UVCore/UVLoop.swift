@@ -1,5 +1,6 @@
 internal import CLibUV
 internal import Glibc
+import Synchronization
 
 /// A libuv event loop running on a thread of its own, usable as a Swift executor.
 ///
@@ -76,6 +77,8 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
     }
 
     private let queue = LockedBox(QueueState())
+    /// Set once the loop has stopped; lets `inLoop` skip the lock while the loop runs.
+    private let retired = Atomic<Bool>(false)
     private var threadID = pthread_t()
     private var thread = pthread_t()
 
@@ -162,6 +165,7 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
             let late: [Job]? = queue.withLock { state in
                 if state.pending.isEmpty {
                     state.phase = .stopped
+                    retired.store(true, ordering: .releasing)
                     return nil
                 }
                 defer { state.pending.removeAll() }
@@ -191,6 +195,7 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
     public var inLoop: Bool {
         let me = pthread_self()
         if pthread_equal(me, threadID) != 0 { return true }
+        guard retired.load(ordering: .acquiring) else { return false }
         return queue.withLock { state in
             state.phase == .stopped && state.retiredDrainer.map { pthread_equal($0, me) != 0 } == true
         }
