@@ -236,7 +236,7 @@ struct EntryPointPropertyTests {
             sizes.map { $0 < 12_000 ? $0 % 2_001 : 65_000 + $0 % 5_001 }
         }
         var expected: [[UInt8]] = []
-        await propertyCheck(count: 2_000, input: lists, Gen.uint8()) { parts, fill in
+        await propertyCheck(count: 1_000, input: lists, Gen.uint8()) { parts, fill in
             let buffers = parts.map { [UInt8](repeating: fill, count: $0) }
             let total = parts.reduce(0, +)
             do {
