@@ -45,6 +45,12 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "ExampleSupport",
+            dependencies: [.product(name: "Logging", package: "swift-log")],
+            path: "Examples/ExampleSupport",
+            swiftSettings: strictSettings
+        ),
         example("udp-echo"),
         example("udpcat"),
         example("multicast-chat"),
@@ -92,6 +98,7 @@ func example(_ name: String) -> Target {
         name: name,
         dependencies: [
             "AsyncUDP",
+            "ExampleSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ],

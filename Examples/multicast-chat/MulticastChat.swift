@@ -1,6 +1,7 @@
 // multicast-chat: everyone who runs it with the same group and port sees each other's lines.
 import ArgumentParser
 import AsyncUDP
+import ExampleSupport
 import Glibc
 import Logging
 
@@ -168,7 +169,3 @@ struct MulticastChat: AsyncParsableCommand {
 
 /// An error in what the user typed: ArgumentParser prints it as one line ("Error: ...") and
 /// exits with status 1.
-struct UsageError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}

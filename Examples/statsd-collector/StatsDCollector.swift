@@ -2,6 +2,7 @@
 // prints a table (or JSON lines) at each flush and once more on SIGINT or SIGTERM.
 import ArgumentParser
 import AsyncUDP
+import ExampleSupport
 import Foundation
 import Glibc
 import Logging
@@ -212,48 +213,7 @@ actor Collector {
     }
 }
 
-/// Writes a line to standard output at once, with `write(2)`: a pipe (a test, `tee`) sees each
-/// line when it is printed. (Not `fflush(nil)`: that also waits for the lock of a `FILE` another
-/// thread is blocked reading, such as standard input.)
-func say(_ text: String, terminator: String = "\n") {
-    var bytes = Array((text + terminator).utf8)[...]
-    while !bytes.isEmpty {
-        let written = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
-        if written < 0 && errno == EINTR { continue }
-        guard written > 0 else { return }
-        bytes = bytes.dropFirst(written)
-    }
-}
-
 /// `value` with `digits` decimals.
 func fixed(_ value: Double, _ digits: Int) -> String {
     String(format: "%.\(digits)f", value)
-}
-
-/// Runs `body` and returns its outcome, so cleanup can run before an error is rethrown.
-func capture<T>(_ body: () async throws -> T) async -> Result<T, any Error> {
-    do { return .success(try await body()) } catch { return .failure(error) }
-}
-
-/// Waits for the first of `signals` and returns it; returns 0 if the task is cancelled first.
-///
-/// The signals are handled with a `DispatchSource` (the default action is turned off while
-/// waiting and restored afterwards), so the collector can flush before it exits.
-func firstSignal(of signals: [Int32]) async -> Int32 {
-    let (stream, continuation) = AsyncStream<Int32>.makeStream()
-    let sources = signals.map { number in
-        signal(number, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-        source.setEventHandler { continuation.yield(number) }
-        source.resume()
-        return source
-    }
-    defer {
-        for (number, source) in zip(signals, sources) {
-            source.cancel()
-            signal(number, SIG_DFL)
-        }
-    }
-    for await number in stream { return number }
-    return 0
 }

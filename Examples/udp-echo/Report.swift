@@ -1,3 +1,4 @@
+import ExampleSupport
 import Glibc
 import Logging
 
@@ -96,24 +97,3 @@ func format(_ value: Double, digits: Int) -> String {
     return "\(sign)\(whole)." + String(repeating: "0", count: digits - fractionText.count) + fractionText
 }
 
-/// Writes a line to standard output at once, with `write(2)`: a pipe (a test, `tee`) sees each
-/// line when it is printed. (Not `fflush(nil)`: that also waits for the lock of a `FILE` another
-/// thread is blocked reading, such as standard input.)
-func say(_ text: String, terminator: String = "\n") {
-    var bytes = Array((text + terminator).utf8)[...]
-    while !bytes.isEmpty {
-        let written = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
-        if written < 0 && errno == EINTR { continue }
-        guard written > 0 else { return }
-        bytes = bytes.dropFirst(written)
-    }
-}
-
-/// Sends logs to standard error, at debug level when `verbose`.
-func bootstrapOutput(verbose: Bool) {
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = verbose ? .debug : .info
-        return handler
-    }
-}

@@ -2,6 +2,7 @@
 // and reports round trips per second and a latency histogram.
 import ArgumentParser
 import AsyncUDP
+import ExampleSupport
 import Glibc
 import Logging
 
@@ -182,10 +183,6 @@ func serveEcho(on socket: UDPSocket, logger: Logger = Logger(label: "udp-echo"))
 }
 
 /// An error in what the user typed: ArgumentParser prints it as one line and exits with status 1.
-struct UsageError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}
 
 func parseAddress(host: String, port: Int) throws -> SocketAddress {
     guard (0...65_535).contains(port) else { throw UsageError("port \(port) is out of range 0...65535") }

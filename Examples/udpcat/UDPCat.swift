@@ -1,6 +1,7 @@
 // udpcat: netcat for UDP. `listen` prints what arrives, `send` sends lines (or a load).
 import ArgumentParser
 import AsyncUDP
+import ExampleSupport
 import Glibc
 import Logging
 
@@ -236,10 +237,6 @@ extension UDPCat {
 
 /// An error in what the user typed: ArgumentParser prints it as one line ("Error: ...") and
 /// exits with status 1.
-struct UsageError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}
 
 /// Parses a numeric IP address and a decimal port, with a one-line reason when either is wrong.
 func parseAddress(host: String, port: String) throws -> SocketAddress {

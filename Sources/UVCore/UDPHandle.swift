@@ -747,6 +747,15 @@ extension UDPHandle {
         return address.scopeID
     }
 
+    /// An interface address for a membership call: it must parse and match the group's family.
+    private func membershipInterface(_ text: String?, for group: SocketAddress) throws {
+        guard let text else { return }
+        let interface = try SocketAddress(ip: text, port: 0)
+        guard interface.family == group.family else {
+            throw UVError.addressFamilyNotSupported.with(context: "\(interface.family) interface \(text) for \(group.family) group \(group.ip)")
+        }
+    }
+
     private func multicastGroup(_ text: String) throws -> SocketAddress {
         let group = try SocketAddress(ip: text, port: 0)
         guard group.isMulticast else {
@@ -768,13 +777,13 @@ extension UDPHandle {
     ///     fails with ``UVError/noSuchDevice`` on a host with no multicast route).
     /// - Throws: ``SocketAddressError`` if `group` or `interface` does not parse;
     ///   ``UVError/invalidArgument`` if `group` is not a multicast address;
-    ///   ``UVError/addressFamilyNotSupported`` for a group of the other family;
+    ///   ``UVError/addressFamilyNotSupported`` for a group of the other family, or an interface of
+    ///   another family than the group;
     ///   ``UVError/addressInUse`` when joining twice; ``UVError/addressNotAvailable`` when leaving
     ///   a group never joined; ``UVError/noSuchDevice`` for an interface that is not on this host.
     public func setMembership(_ group: String, _ membership: UDPMembership, interface: String? = nil) throws {
         try checkOpen("setMembership")
-        _ = try multicastGroup(group)
-        if let interface { _ = try SocketAddress(ip: interface, port: 0) }
+        try membershipInterface(interface, for: try multicastGroup(group))
         if descriptor() == nil { _ = try requireDescriptor("setMembership") }
         let status = uv_udp_set_membership(raw, group, interface, membership == .join ? UV_JOIN_GROUP : UV_LEAVE_GROUP)
         try UVError.check(status, "\(membership == .join ? "join" : "leave") \(group)\(interface.map { " on \($0)" } ?? "")")
@@ -797,7 +806,7 @@ extension UDPHandle {
         guard sourceAddress.family == groupAddress.family else {
             throw UVError.invalidArgument.with(context: "source \(source) and group \(group) are of different families")
         }
-        if let interface { _ = try SocketAddress(ip: interface, port: 0) }
+        try membershipInterface(interface, for: groupAddress)
         if descriptor() == nil { _ = try requireDescriptor("setSourceMembership") }
         let status = uv_udp_set_source_membership(raw, group, interface, source, membership == .join ? UV_JOIN_GROUP : UV_LEAVE_GROUP)
         try UVError.check(status, "\(membership == .join ? "join" : "leave") \(group) from \(source)")

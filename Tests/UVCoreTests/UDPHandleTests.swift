@@ -643,6 +643,8 @@ struct UDPHandleMulticastTests {
         #expect(throws: UVError.addressFamilyNotSupported) { try a.setMembership("ff02::1", .join) }
         #expect(throws: SocketAddressError.self) { try a.setMembership("239.1.1.1", .join, interface: "not-an-ip") }
         #expect(throws: UVError.noSuchDevice) { try a.setMembership("239.1.1.1", .join, interface: "1.2.3.4") }
+        #expect(throws: UVError.addressFamilyNotSupported) { try a.setMembership("239.1.1.1", .join, interface: "::1") }
+        #expect(throws: UVError.addressFamilyNotSupported) { try a.setSourceMembership(group: "232.1.1.1", source: "127.0.0.1", .join, interface: "::1") }
         #expect(throws: SocketAddressError.self) { try a.setSourceMembership(group: "232.1.1.1", source: "bad", .join) }
         #expect(throws: UVError.invalidArgument) { try a.setSourceMembership(group: "232.1.1.1", source: "::1", .join) }
         #expect(throws: UVError.addressNotAvailable) { try a.setMulticastInterface("1.2.3.4") }

@@ -1,3 +1,6 @@
+// Helpers the example programs share: output that reaches pipes at once, logging to standard
+// error, clean shutdown on signals, line input off the cooperative pool, and one-line usage
+// errors. Each is small; they live here so every example uses the same, tested version.
 import Dispatch
 import Glibc
 import Logging
@@ -5,7 +8,7 @@ import Logging
 /// Writes a line to standard output at once, with `write(2)`: a pipe (a test, `tee`) sees each
 /// line when it is printed. (Not `fflush(nil)`: that also waits for the lock of a `FILE` another
 /// thread is blocked reading, such as standard input.)
-func say(_ text: String, terminator: String = "\n") {
+public func say(_ text: String, terminator: String = "\n") {
     var bytes = Array((text + terminator).utf8)[...]
     while !bytes.isEmpty {
         let written = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
@@ -16,7 +19,7 @@ func say(_ text: String, terminator: String = "\n") {
 }
 
 /// Sends logs to standard error, at debug level when `verbose`.
-func bootstrapOutput(verbose: Bool) {
+public func bootstrapOutput(verbose: Bool) {
     LoggingSystem.bootstrap { label in
         var handler = StreamLogHandler.standardError(label: label)
         handler.logLevel = verbose ? .debug : .info
@@ -28,7 +31,7 @@ func bootstrapOutput(verbose: Bool) {
 ///
 /// The signals are handled with a `DispatchSource` (the default action is turned off while
 /// waiting and restored afterwards), so the program can close its sockets and exit cleanly.
-func firstSignal(of signals: [Int32]) async -> Int32 {
+public func firstSignal(of signals: [Int32]) async -> Int32 {
     let (stream, continuation) = AsyncStream<Int32>.makeStream()
     let sources = signals.map { number in
         signal(number, SIG_IGN)
@@ -51,22 +54,24 @@ func firstSignal(of signals: [Int32]) async -> Int32 {
 ///
 /// Reading blocks, so it happens on a dispatch queue of its own, never on the cooperative pool
 /// that runs the program's tasks.
-struct LineSource: Sendable {
+public struct LineSource: Sendable {
     private let path: String?
 
-    static let standardInput = LineSource(standardInput: ())
+    /// Standard input, read line by line.
+    public static let standardInput = LineSource(standardInput: ())
     private init(standardInput: Void) { path = nil }
 
     /// A source reading `path`; `nil` if it cannot be read.
-    init?(path: String) {
+    public init?(path: String) {
         guard access(path, R_OK) == 0 else { return nil }
         self.path = path
     }
 
-    func lines() -> AsyncThrowingStream<[UInt8], any Error> {
+    /// The lines, read on a dispatch queue of their own.
+    public func lines() -> AsyncThrowingStream<[UInt8], any Error> {
         let (stream, continuation) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
         let path = path
-        DispatchQueue(label: "udpcat.lines").async {
+        DispatchQueue(label: "examples.lines").async {
             guard let file = path.map({ fopen($0, "r") }) ?? fdopen(dup(0), "r") else {
                 continuation.finish(throwing: UsageError("cannot open \(path ?? "standard input")"))
                 return
@@ -89,6 +94,12 @@ struct LineSource: Sendable {
 }
 
 /// Runs `body` and returns its outcome, so cleanup can run before an error is rethrown.
-func capture<T>(_ body: () async throws -> T) async -> Result<T, any Error> {
+public func capture<T>(_ body: () async throws -> T) async -> Result<T, any Error> {
     do { return .success(try await body()) } catch { return .failure(error) }
+}
+
+/// A one-line reason why the command line or input is unusable; the examples print it and exit 1.
+public struct UsageError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }
