@@ -492,12 +492,11 @@ enum BadInputChecks {
         let socket = try await openSocket()
         await #expect(throws: UVError.addressFamilyNotSupported) { try await socket.joinGroup("ff02::1:3", interface: "127.0.0.1") }
         await #expect(throws: UVError.addressFamilyNotSupported) { try await socket.setMulticastInterface("::1") }
-        // An IPv4 group with an IPv6 interface address is refused, but by libuv's EINVAL rather
-        // than the family-mismatch error the other two cases give (see the report of issue 6).
-        await withKnownIssue("an IPv6 interface for an IPv4 group gives EINVAL, not EAFNOSUPPORT") {
-            await #expect(throws: UVError.addressFamilyNotSupported) { try await socket.joinGroup("239.255.6.39", interface: "::1") }
+        // An IPv4 group with an IPv6 interface address: the same family-mismatch error.
+        await #expect(throws: UVError.addressFamilyNotSupported) { try await socket.joinGroup("239.255.6.39", interface: "::1") }
+        await #expect(throws: UVError.addressFamilyNotSupported) {
+            try await socket.joinGroup("232.1.6.39", source: "127.0.0.1", interface: "::1")
         }
-        await #expect(throws: UVError.self) { try await socket.joinGroup("239.255.6.39", interface: "::1") }
         await socket.close()
     }
 
