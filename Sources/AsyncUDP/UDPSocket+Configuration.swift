@@ -32,18 +32,23 @@ extension UDPSocket {
         public var receiveBufferSize: Int?
         /// If set, the socket's kernel send buffer (`SO_SNDBUF`; Linux doubles it).
         public var sendBufferSize: Int?
+        /// Read with `recvmmsg`, up to 20 datagrams per system call, into a buffer the loop owns.
+        /// Datagrams, senders and truncation are reported exactly as without it.
+        public var batchedReceive: Bool
 
         /// Creates a configuration; every parameter has a sensible default.
         public init(receiveQueueLimit: Int = 1024,
                     overflowPolicy: OverflowPolicy = .dropNewest,
                     maximumDatagramSize: Int = 65_536,
                     receiveBufferSize: Int? = nil,
-                    sendBufferSize: Int? = nil) {
+                    sendBufferSize: Int? = nil,
+                    batchedReceive: Bool = false) {
             self.receiveQueueLimit = receiveQueueLimit
             self.overflowPolicy = overflowPolicy
             self.maximumDatagramSize = maximumDatagramSize
             self.receiveBufferSize = receiveBufferSize
             self.sendBufferSize = sendBufferSize
+            self.batchedReceive = batchedReceive
         }
 
         /// Throws ``UVError/invalidArgument`` for a setting out of range.

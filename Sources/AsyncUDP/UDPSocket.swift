@@ -112,7 +112,7 @@ public actor UDPSocket {
         let (transientErrors, transientContinuation) = AsyncStream<UVError>.makeStream(bufferingPolicy: .bufferingNewest(64))
         let receiver = ReceiveQueue(loop: loop, configuration: configuration, transientErrors: transientContinuation)
         let opened = try await loop.submit { () throws -> LoopBound<(UDPHandle, DirectSender, SocketAddress)> in
-            let handle = try UDPHandle(loop: loop)
+            let handle = try UDPHandle(loop: loop, batchedReceive: configuration.batchedReceive)
             do {
                 try setUp(handle)
                 try handle.setMaximumDatagramSize(configuration.maximumDatagramSize)

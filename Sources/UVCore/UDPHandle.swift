@@ -53,6 +53,9 @@ public final class UDPHandle {
     private var willCloseObservers: [() -> Void] = []
     private var callbackDepth = 0
 
+    /// Whether the handle reads with `recvmmsg` (see ``init(loop:family:flags:batchedReceive:onReceive:)``).
+    public let batchedReceive: Bool
+
     /// Whether ``startReceiving(_:)`` is in effect.
     public private(set) var isReceiving = false
 
@@ -70,10 +73,13 @@ public final class UDPHandle {
     ///     by ``bind(_:flags:)``, ``open(_:)``, or the first send or receive.
     ///   - flags: Flags added to every ``bind(_:flags:)`` call (`.ipv6Only`, `.reuseAddress`).
     ///   - onReceive: A receive callback that ``startReceiving(_:)`` uses when given none.
+    ///   - batchedReceive: Read with `recvmmsg`, up to 20 datagrams per system call (libuv's
+    ///     `UV_UDP_RECVMMSG`), into a buffer the loop owns (20 x 64 KiB, so libuv's hang on a
+    ///     smaller one cannot happen). Datagrams and truncation are reported exactly as without it.
     /// - Throws: ``ClosedHandleError`` if the loop has shut down; ``UVError`` if libuv cannot create
     ///   the socket.
     public init(loop: UVLoop = .shared, family: AddressFamily? = nil, flags: UDPFlags = [],
-                onReceive: ReceiveHandler? = nil) throws {
+                batchedReceive: Bool = false, onReceive: ReceiveHandler? = nil) throws {
         loop.preconditionInLoop("UDPHandle.init")
         guard !loop.isShuttingDown else { throw ClosedHandleError(operation: "UDPHandle.init (loop shut down)") }
         self.loop = loop
@@ -81,7 +87,9 @@ public final class UDPHandle {
         self.onReceive = onReceive
         self.explicitFamily = family
         raw = .allocate(capacity: 1)
-        let status = uv_udp_init_ex(loop.uvLoop, raw, UInt32(family?.rawValue ?? AF_UNSPEC))
+        self.batchedReceive = batchedReceive
+        let mmsg = batchedReceive ? UInt32(UV_UDP_RECVMMSG.rawValue) : 0
+        let status = uv_udp_init_ex(loop.uvLoop, raw, UInt32(family?.rawValue ?? AF_UNSPEC) | mmsg)
         if status < 0 {
             raw.deallocate()
             throw UVError(code: status, context: "uv_udp_init_ex")
@@ -477,19 +485,26 @@ public final class UDPHandle {
     }
 
     fileprivate func allocate(_ buffer: UnsafeMutablePointer<uv_buf_t>) {
-        buffer.pointee = uv_buf_init(loop.receiveScratch.assumingMemoryBound(to: CChar.self), UInt32(maximumDatagramSize))
+        // Batched: the whole buffer, 20 chunks of 64 KiB (libuv splits it; never less than 64 KiB,
+        // or libuv 1.44 spins forever). Otherwise exactly the maximum datagram size, so the kernel
+        // truncates and reports it.
+        let length = batchedReceive ? UVLoop.receiveScratchSize * UVLoop.receiveChunks : maximumDatagramSize
+        buffer.pointee = uv_buf_init(loop.receiveScratch.assumingMemoryBound(to: CChar.self), UInt32(length))
     }
 
-    fileprivate func received(_ count: Int, from address: UnsafePointer<sockaddr>?, flags: UInt32) {
+    fileprivate func received(_ count: Int, bytes: UnsafeRawPointer?, from address: UnsafePointer<sockaddr>?, flags: UInt32) {
         let result: Result<Datagram, UVError>
         if count < 0 {
             result = .failure(UVError(code: Int32(count)))
         } else {
-            // nread 0 with no address is libuv's "nothing more to read": not a datagram.
-            guard let address, let remote = SocketAddress(address) else { return }
-            let payload = [UInt8](UnsafeRawBufferPointer(start: loop.receiveScratch, count: count))
+            // nread 0 with no address is libuv's "nothing more to read" (or, batched, "the buffer
+            // is free again": it is the loop's, so nothing to do): not a datagram.
+            guard let address, let bytes, let remote = SocketAddress(address) else { return }
+            // A batched chunk is 64 KiB, so libuv never truncates it: apply the maximum here.
+            let kept = min(count, maximumDatagramSize)
+            let payload = [UInt8](UnsafeRawBufferPointer(start: bytes, count: kept))
             result = .success(Datagram(payload: payload, remote: remote,
-                                       isTruncated: flags & UInt32(UV_UDP_PARTIAL.rawValue) != 0))
+                                       isTruncated: kept < count || flags & UInt32(UV_UDP_PARTIAL.rawValue) != 0))
         }
         guard let onReceive else { return }
         callbackDepth += 1
@@ -874,9 +889,9 @@ private let udpAllocCallback: uv_alloc_cb = { handle, _, buffer in
     handleObject(handle).allocate(buffer)
 }
 
-private let udpReceiveCallback: uv_udp_recv_cb = { handle, nread, _, address, flags in
+private let udpReceiveCallback: uv_udp_recv_cb = { handle, nread, buffer, address, flags in
     guard let handle else { return }
-    handleObject(handle).received(nread, from: address, flags: flags)
+    handleObject(handle).received(nread, bytes: buffer.flatMap { UnsafeRawPointer($0.pointee.base) }, from: address, flags: flags)
 }
 
 private let udpCloseCallback: uv_close_cb = { handle in

@@ -93,8 +93,11 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
     private(set) var isShuttingDown = false
     /// One receive buffer per loop: libuv's allocate, read and receive callbacks for a handle run
     /// back to back on this thread, and each receive copies the bytes out before the next read.
+    /// It holds `receiveChunks` chunks of 64 KiB: batched receives (`recvmmsg`) read up to that
+    /// many datagrams at once into it; other handles use the first chunk.
     let receiveScratch: UnsafeMutableRawPointer
     static let receiveScratchSize = 65_536
+    static let receiveChunks = 20
 
     /// Creates a loop and starts its thread.
     ///
@@ -105,7 +108,7 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         uvLoop = .allocate(capacity: 1)
         wakeup = .allocate(capacity: 1)
         turnEnd = .allocate(capacity: 1)
-        receiveScratch = .allocate(byteCount: Self.receiveScratchSize, alignment: 16)
+        receiveScratch = .allocate(byteCount: Self.receiveScratchSize * Self.receiveChunks, alignment: 16)
         let rc = uv_loop_init(uvLoop)
         precondition(rc == 0, "uv_loop_init failed: \(UVError(code: rc))")
         let rc2 = uv_async_init(uvLoop, wakeup) { async in

@@ -675,3 +675,36 @@ struct UDPHandleMulticastTests {
         await closeAll(sender)
     }
 }
+
+@Suite("UDPHandle: batched receive (recvmmsg)", .timeLimit(.minutes(1)))
+@TestLoop
+struct UDPHandleBatchedReceiveTests {
+    @Test("datagrams, senders, sizes and truncation are reported exactly as without batching")
+    func batched() async throws {
+        let sender = try boundHandle()
+        let receiver = try UDPHandle(loop: testLoop, batchedReceive: true)
+        #expect(receiver.batchedReceive)
+        try receiver.bind(SocketAddress("127.0.0.1:0"))
+        try receiver.setReceiveBufferSize(1 << 20)
+        let inbox = try Inbox(receiver)
+        let target = try receiver.localAddress()
+        // A burst: several datagrams per recvmmsg call, in order.
+        for index in 0..<50 { try sender.send(Array("#\(index)"), to: target) }
+        for index in 0..<50 {
+            let datagram = try await inbox.datagram()
+            #expect(datagram.payload == Array("#\(index)"))
+            #expect(datagram.remote == (try sender.localAddress()))
+            #expect(!datagram.isTruncated)
+        }
+        try sender.send([UInt8](), to: target)
+        #expect(try await inbox.datagram().payload.isEmpty)
+        let largest = [UInt8](repeating: 0x5A, count: 65_507)
+        try sender.send(largest, to: target)
+        #expect(try await inbox.datagram().payload == largest)
+        try receiver.setMaximumDatagramSize(8)
+        try sender.send(Array("0123456789"), to: target)
+        let truncated = try await inbox.datagram()
+        #expect(truncated.isTruncated && truncated.payload == Array("01234567"))
+        await closeAll(sender, receiver)
+    }
+}

@@ -18,6 +18,8 @@ import NIOCore
 import NIOPosix
 
 let receiveBufferSize = 4 << 20
+/// `UDP_BENCH_BATCHED=1` reads with recvmmsg in the AsyncUDP implementations.
+let batched = ProcessInfo.processInfo.environment["UDP_BENCH_BATCHED"] == "1"
 
 func cpuSeconds() -> Double {
     var usage = rusage()
@@ -94,7 +96,7 @@ final class SinkCounter: @unchecked Sendable {
 func serveAsync(affine: Bool) async throws {
     let loop = UVLoop(name: "bench")
     let udp = try await UDPSocket(bindingTo: SocketAddress("127.0.0.1:0"), loop: loop,
-                                  configuration: .init(receiveBufferSize: receiveBufferSize))
+                                  configuration: .init(receiveBufferSize: receiveBufferSize, batchedReceive: batched))
     exitOnStdinEOF(cpuAtReady: cpuSeconds())
     emit("ready \(udp.localAddress.port)")
     let echo = { @Sendable () async throws in
@@ -112,7 +114,7 @@ func serveAsync(affine: Bool) async throws {
 func sinkAsync(affine: Bool, counter: SinkCounter) async throws {
     let loop = UVLoop(name: "bench")
     let udp = try await UDPSocket(bindingTo: SocketAddress("127.0.0.1:0"), loop: loop,
-                                  configuration: .init(receiveQueueLimit: 4096, receiveBufferSize: receiveBufferSize))
+                                  configuration: .init(receiveQueueLimit: 4096, receiveBufferSize: receiveBufferSize, batchedReceive: batched))
     counter.watchIdle()
     emit("ready \(udp.localAddress.port)")
     let count = { @Sendable () async throws in
@@ -127,7 +129,7 @@ func sinkAsync(affine: Bool, counter: SinkCounter) async throws {
 
 func callbackHandle(loop: UVLoop, onDatagram: @escaping @Sendable (UDPHandle, Datagram) -> Void) async throws -> Int {
     try await loop.submit {
-        let handle = try UDPHandle(loop: loop)
+        let handle = try UDPHandle(loop: loop, batchedReceive: batched)
         try handle.bind(SocketAddress("127.0.0.1:0"))
         try handle.setReceiveBufferSize(receiveBufferSize)
         try handle.startReceiving { handle, result in
@@ -283,7 +285,7 @@ func sinkGroup(loops: Int, counter: GroupCounter) async throws {
     var sockets: [UDPSocket] = []
     for loop in group.loops {
         let socket = try await UDPSocket(bindingTo: SocketAddress(ip: "127.0.0.1", port: port), loop: loop, flags: .reusePort,
-                                         configuration: .init(receiveQueueLimit: 4096, receiveBufferSize: receiveBufferSize))
+                                         configuration: .init(receiveQueueLimit: 4096, receiveBufferSize: receiveBufferSize, batchedReceive: batched))
         port = socket.localAddress.port
         sockets.append(socket)
     }
