@@ -73,12 +73,3 @@ func socketOption(_ fd: Int32, _ level: Int32, _ name: Int32) -> Int32? {
     var length = socklen_t(MemoryLayout<Int32>.size)
     return getsockopt(fd, level, name, &value, &length) == 0 ? value : nil
 }
-
-/// The number of open file descriptors of this process.
-func openDescriptorCount() -> Int {
-    guard let dir = opendir("/proc/self/fd") else { return -1 }
-    defer { closedir(dir) }
-    var count = 0
-    while readdir(dir) != nil { count += 1 }
-    return count - 3  // ".", ".." and the directory's own fd
-}

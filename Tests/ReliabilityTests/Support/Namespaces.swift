@@ -11,11 +11,30 @@ let ipCommand: String = {
 /// checked once by creating and deleting one.
 let namespacesAvailable: Bool = {
     guard geteuid() == 0, access(ipCommand, X_OK) == 0 else { return false }
+    removeStaleNamespaces()
     let name = "aurel-probe-\(getpid())"
     guard runSync([ipCommand, "netns", "add", name]) == 0 else { return false }
     runSync([ipCommand, "netns", "del", name])
     return true
 }()
+
+/// Deletes namespaces left by an earlier test process that died before its cleanup ran (a crash
+/// or a kill): "aurel-<pid>x<n>-<role>" whose process no longer exists.
+func removeStaleNamespaces() {
+    guard let dir = opendir("/run/netns") else { return }
+    var stale: [String] = []
+    while let entry = readdir(dir) {
+        // Read the name up to its NUL only: copying the whole `d_name` can read past the end of
+        // readdir's buffer (the Foundation bug described in Subprocess.swift).
+        let offset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+        let name = String(cString: (UnsafeRawPointer(entry) + offset).assumingMemoryBound(to: CChar.self))
+        guard name.hasPrefix("aurel-"), let x = name.firstIndex(of: "x"),
+              let pid = Int32(name[name.index(name.startIndex, offsetBy: 6)..<x]) else { continue }
+        if pid != getpid() % 100_000, kill(pid, 0) != 0, errno == ESRCH { stale.append(name) }
+    }
+    closedir(dir)
+    for name in stale { runSync([ipCommand, "netns", "del", name]) }
+}
 
 let namespaceSkipReason: Comment = "needs root and `ip netns` (network namespaces) to build a private network"
 
