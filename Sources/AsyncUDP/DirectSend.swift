@@ -27,6 +27,11 @@ final class DirectSender: Sendable {
     let sent = Atomic<Int>(0)
     let bytesSent = Atomic<Int>(0)
     let errors = Atomic<Int>(0)
+    private let fastSends = Atomic<Int>(0)
+    /// A fast send completes without suspending; a caller sending in a tight loop must still give
+    /// other tasks (and, on the loop thread, libuv's I/O) a turn. Every this-many fast sends, the
+    /// caller yields.
+    static let yieldInterval = 32
 
     init(fd: Int32, peer: SocketAddress?, family: AddressFamily, ipv6Only: Bool) {
         self.fd = fd
@@ -78,6 +83,11 @@ final class DirectSender: Sendable {
         while state.load(ordering: .acquiring) & ~Self.closedBit != 0 {
             sched_yield()
         }
+    }
+
+    /// Counts a send that completed without suspending; true when the caller should yield.
+    func shouldYield() -> Bool {
+        fastSends.wrappingAdd(1, ordering: .relaxed).newValue % Self.yieldInterval == 0
     }
 
     /// Whether close has begun (any thread).

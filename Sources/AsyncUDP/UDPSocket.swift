@@ -209,13 +209,20 @@ public actor UDPSocket {
 
     private nonisolated func send(_ payload: Payload, to address: SocketAddress?) async throws {
         try Task.checkCancellation()
+        let sentNow: Bool
         if loop.inLoop {
-            if try trySendOnLoopThread(payload.bytes, to: address) { return }
-        } else if case .sent = try direct.send(payload.bytes, to: address) {
+            sentNow = try trySendOnLoopThread(payload.bytes, to: address)
+        } else {
             // Sent from this thread with no hop; see DirectSender.
+            sentNow = try direct.send(payload.bytes, to: address) == .sent
+        }
+        guard sentNow else {
+            try await sendIsolated(payload.bytes, to: address)
             return
         }
-        try await sendIsolated(payload.bytes, to: address)
+        // The fast paths never suspend: a tight send loop would keep its thread (or, on the loop
+        // thread, libuv's I/O) from everything else. Give others a turn now and then.
+        if direct.shouldYield() { await Task.yield() }
     }
 
     /// Loop-affine caller: try-send with no hop. `assumeIsolated` is sound here because the

@@ -159,12 +159,17 @@ public final class UDPHandle {
     ///     dual-stack explicitly, whatever the system default.
     /// - Throws: ``ClosedHandleError``; ``UVError/invalidArgument`` if the handle is already bound
     ///   (explicitly or by an earlier send or receive), if `.ipv6Only` comes with an IPv4 address,
-    ///   if `.partial` is passed, or if the address family differs from the socket's;
+    ///   if `.partial` or an unknown flag bit is passed, or if the address family differs from
+    ///   the socket's;
     ///   ``UVError/addressInUse``, ``UVError/addressNotAvailable``, ``UVError/permissionDenied``
     ///   from the kernel.
     public func bind(_ address: SocketAddress, flags: UDPFlags = []) throws {
         try checkOpen("bind")
         let flags = flags.union(defaultFlags)
+        let unknown = flags.subtracting([.ipv6Only, .partial, .reuseAddress, .reusePort])
+        if !unknown.isEmpty {
+            throw UVError.invalidArgument.with(context: "unknown bind flag bits 0x\(String(unknown.rawValue, radix: 16))")
+        }
         if flags.contains(.partial) {
             throw UVError.invalidArgument.with(context: ".partial is reported on receive, not a bind flag")
         }

@@ -266,6 +266,35 @@ struct UDPSocketLifecycleTests {
         await loop.shutdown()
     }
 
+    @Test("tight send loops cannot starve other tasks or the loop's I/O")
+    func sendLoopsYield() async throws {
+        let loop = UVLoop(name: "spin")
+        let socket = try await openSocket(loop: loop)
+        let sink = try await openSocket()
+        // More spinning senders than the cooperative pool has threads, plus one on the loop.
+        var spinners: [Task<Void, any Error>] = []
+        for _ in 0..<(UVLoopGroup.coreCount * 2) {
+            spinners.append(Task.detached {
+                while true { try await socket.send([1, 2, 3, 4], to: sink.localAddress) }
+            })
+        }
+        spinners.append(Task(executorPreference: loop) {
+            while true { try await socket.send([5, 6, 7, 8], to: sink.localAddress) }
+        })
+        // Both the loop (an actor call) and the cooperative pool (this test) still get turns.
+        let sent = await socket.statistics.datagramsSent
+        #expect(sent >= 0)
+        try await loop.submit { }
+        _ = try await receive(1, from: sink)
+        for spinner in spinners { spinner.cancel() }
+        for spinner in spinners {
+            await #expect(throws: CancellationError.self) { try await spinner.value }
+        }
+        await socket.close()
+        await sink.close()
+        await loop.shutdown()
+    }
+
     @Test("UVLoop.shutdown() with sockets open, a consumer iterating and sends in flight: everything returns")
     func shutdownWithSockets() async throws {
         let loop = UVLoop(name: "shutdown-sockets")

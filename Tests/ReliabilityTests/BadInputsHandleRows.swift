@@ -47,15 +47,16 @@ enum HandleRows {
     }
 
     static func unknownFlags() async throws {
+        // Unknown bits (0x400, libuv's REUSEPORT value 64) are refused before libuv sees them,
+        // and the handle stays unbound and usable.
         for raw: UInt32 in [0x400, 64] {
             let a = try UDPHandle(loop: testLoop)
-            try a.bind(SocketAddress("127.0.0.1:0"), flags: UDPFlags(rawValue: raw))
+            #expect(throws: UVError.invalidArgument) { try a.bind(SocketAddress("127.0.0.1:0"), flags: UDPFlags(rawValue: raw)) }
+            try a.bind(SocketAddress("127.0.0.1:0"))
             let fd = try a.fileDescriptor()
             #expect(socketOption(fd, SOL_SOCKET, SO_REUSEPORT) == 0)
             #expect(socketOption(fd, SOL_SOCKET, SO_REUSEADDR) == 0)
-            let b = try UDPHandle(loop: testLoop)
-            #expect(throws: UVError.addressInUse) { try b.bind(a.localAddress()) }
-            await closeAll(a, b)
+            await closeAll(a)
         }
         let c = try UDPHandle(loop: testLoop)
         #expect(throws: UVError.invalidArgument) { try c.bind(SocketAddress("127.0.0.1:0"), flags: .partial) }

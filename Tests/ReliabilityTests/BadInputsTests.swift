@@ -286,8 +286,7 @@ enum BadInputChecks {
     }
 
     static func row12() async throws {
-        // The flags are an option set of three; unknown bits (0x400, libuv's REUSEPORT 64) never
-        // reach libuv: no EINVAL, and no SO_REUSEPORT either.
+        // Unknown bits (0x400, libuv's REUSEPORT 64) are refused with EINVAL before libuv sees them.
         #expect(UDPFlags.ipv6Only.rawValue == 1 && UDPFlags.partial.rawValue == 2 && UDPFlags.reuseAddress.rawValue == 4)
         try await HandleRows.unknownFlags()
     }
