@@ -23,7 +23,7 @@ bench: deps
 	cd Benchmarks && ./run.sh
 
 clean:
-	rm -rf .build .build-tsan
+	rm -rf .build .build-tsan .build-asan .build-soak .build-leaks Benchmarks/.build
 
 # Reliability (issue 6): AddressSanitizer suite, leak check, soak.
 .PHONY: test-asan check-leaks soak
