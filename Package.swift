@@ -55,20 +55,26 @@ let package = Package(
         example("udpcat"),
         example("multicast-chat"),
         example("statsd-collector"),
+        .target(
+            name: "TestSupport",
+            dependencies: ["AsyncUDP"],
+            path: "Tests/TestSupport",
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "UVCoreTests",
-            dependencies: ["UVCore", "CLibUV"],
+            dependencies: ["UVCore", "CLibUV", "TestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "AsyncUDPTests",
-            dependencies: ["AsyncUDP", "CLibUV"],
+            dependencies: ["AsyncUDP", "CLibUV", "TestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "ReliabilityTests",
             dependencies: [
-                "AsyncUDP", "CLibUV", "reliability-tool",
+                "AsyncUDP", "CLibUV", "TestSupport", "reliability-tool",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strictSettings

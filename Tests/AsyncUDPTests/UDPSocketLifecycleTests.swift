@@ -1,5 +1,6 @@
 import AsyncUDP
 import Testing
+import TestSupport
 
 @Suite("UDPSocket: flow control, cancellation, close", .timeLimit(.minutes(2)))
 struct UDPSocketLifecycleTests {

@@ -1,5 +1,6 @@
 import AsyncUDP
 import Testing
+import TestSupport
 
 @Suite("UDPSocket", .timeLimit(.minutes(1)))
 struct UDPSocketTests {

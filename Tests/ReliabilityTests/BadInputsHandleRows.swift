@@ -1,6 +1,7 @@
 import AsyncUDP
 import Glibc
 import Testing
+import TestSupport
 
 /// The BAD-INPUTS.md rows that need the callback layer (`UDPHandle`), on the test loop.
 @TestLoop

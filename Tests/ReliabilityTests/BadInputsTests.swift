@@ -1,6 +1,7 @@
 import AsyncUDP
 import Glibc
 import Testing
+import TestSupport
 
 /// One row of ../shared/BAD-INPUTS.md.
 struct BadInputRow: Sendable, CustomTestStringConvertible {

@@ -2,6 +2,7 @@ import AsyncUDP
 import Glibc
 import Synchronization
 import Testing
+import TestSupport
 
 @Suite("Faults: floods, closes, shutdowns and vanishing peers", .timeLimit(.minutes(3)))
 struct FaultTests {

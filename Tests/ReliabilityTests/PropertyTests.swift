@@ -2,6 +2,7 @@ import AsyncUDP
 import Glibc
 import PropertyBased
 import Testing
+import TestSupport
 
 /// Characters that address parsers trip over, mixed with arbitrary Unicode.
 let addressAlphabet: [Character] = Array("0123456789abcdefABCDEFxX.:[]%- +/lo\u{0}\u{7f}\u{ff}é𝟘٣")

@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import TestSupport
 import UVCore
 
 @Suite("UDPHandle: sending and receiving", .timeLimit(.minutes(1)))

@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import TestSupport
 @testable import UVCore
 
 /// An actor whose executor is a loop, as UDPSocket's is.

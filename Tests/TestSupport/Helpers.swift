@@ -1,25 +1,20 @@
-import AsyncUDP
+public import AsyncUDP
 import Glibc
-import Testing
-
-extension Array where Element == UInt8 {
-    init(_ text: String) { self = Array(text.utf8) }
-}
 
 /// Opens a socket on 127.0.0.1 (or `ip`), ephemeral port.
-func openSocket(_ ip: String = "127.0.0.1", loop: UVLoop = .shared, flags: UDPFlags = [],
+public func openSocket(_ ip: String = "127.0.0.1", loop: UVLoop = .shared, flags: UDPFlags = [],
                 configuration: UDPSocket.Configuration = .init()) async throws -> UDPSocket {
     try await UDPSocket(bindingTo: SocketAddress(ip: ip, port: 0), loop: loop, flags: flags, configuration: configuration)
 }
 
-struct TimedOut: Error, CustomStringConvertible {
-    let what: String
-    var description: String { "timed out waiting for: \(what)" }
+public struct TimedOut: Error, CustomStringConvertible {
+    public let what: String
+    public var description: String { "timed out waiting for: \(what)" }
 }
 
 /// Polls `condition` until it holds or `seconds` pass. Only for conditions that have no
 /// notification of their own (kernel counters, statistics); never used as a fixed delay.
-func waitUntil(_ what: String, seconds: Double = 30, _ condition: () async throws -> Bool) async throws {
+public func waitUntil(_ what: String, seconds: Double = 30, _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
     while try await !condition() {
         if ContinuousClock.now > deadline { throw TimedOut(what: what) }
@@ -28,7 +23,7 @@ func waitUntil(_ what: String, seconds: Double = 30, _ condition: () async throw
 }
 
 /// Runs `body`, failing with `TimedOut` if it has not finished after `seconds`.
-func withDeadline<T: Sendable>(_ what: String, seconds: Double,
+public func withDeadline<T: Sendable>(_ what: String, seconds: Double,
                                _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { try await body() }
@@ -43,7 +38,7 @@ func withDeadline<T: Sendable>(_ what: String, seconds: Double,
 }
 
 /// Reads `count` datagrams from a socket's stream.
-func receive(_ count: Int, from socket: UDPSocket) async throws -> [Datagram] {
+public func receive(_ count: Int, from socket: UDPSocket) async throws -> [Datagram] {
     var got: [Datagram] = []
     guard count > 0 else { return got }
     for try await datagram in socket.datagrams {
@@ -54,21 +49,21 @@ func receive(_ count: Int, from socket: UDPSocket) async throws -> [Datagram] {
 }
 
 /// 8-byte little-endian sequence number payloads, padded to `size`.
-func payload(_ value: Int, size: Int = 8) -> [UInt8] {
+public func payload(_ value: Int, size: Int = 8) -> [UInt8] {
     var bytes = [UInt8](repeating: 0, count: max(size, 8))
     withUnsafeBytes(of: UInt64(value).littleEndian) { bytes.replaceSubrange(0..<8, with: $0) }
     return bytes
 }
 
-func sequence(of datagram: Datagram) -> Int {
+public func sequence(of datagram: Datagram) -> Int {
     datagram.payload.withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
 }
 
 /// Whether this process runs as root (namespaces, privileged ports).
-let isRoot = geteuid() == 0
+public let isRoot = geteuid() == 0
 
 /// An `Int32` socket option, read with getsockopt.
-func socketOption(_ fd: Int32, _ level: Int32, _ name: Int32) -> Int32? {
+public func socketOption(_ fd: Int32, _ level: Int32, _ name: Int32) -> Int32? {
     var value: Int32 = 0
     var length = socklen_t(MemoryLayout<Int32>.size)
     return getsockopt(fd, level, name, &value, &length) == 0 ? value : nil

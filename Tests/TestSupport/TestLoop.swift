@@ -1,26 +1,28 @@
+// Test support shared by the test targets: a global actor on a test loop (so tests can use
+// `UDPHandle` directly), an inbox that hands received datagrams to an awaiting test, and
+// helpers for sockets, payloads and bounded waits.
+public import AsyncUDP
 import Glibc
-import Testing
-import UVCore
 
-/// The loop every UVCore test runs on.
-let testLoop = UVLoop(name: "uvcore-tests")
+/// The loop the tests that use `UDPHandle` directly run on.
+public let testLoop = UVLoop(name: "uvcore-tests")
 
 /// A global actor whose executor is `testLoop`: code isolated to it runs on the loop thread, so it
 /// may create and use `UDPHandle`s directly, and libuv callbacks run in its isolation.
 @globalActor
-actor TestLoop {
-    static let shared = TestLoop()
-    nonisolated var unownedExecutor: UnownedSerialExecutor { testLoop.asUnownedSerialExecutor() }
+public actor TestLoop {
+    public static let shared = TestLoop()
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { testLoop.asUnownedSerialExecutor() }
 }
 
 /// Collects what a handle receives, and hands it out to an awaiting test in order.
 @TestLoop
-final class Inbox {
+public final class Inbox {
     private var items: [Result<Datagram, UVError>] = []
     private var waiter: CheckedContinuation<Result<Datagram, UVError>, Never>?
-    private(set) var received = 0
+    public private(set) var received = 0
 
-    init(_ handle: UDPHandle) throws {
+    public init(_ handle: UDPHandle) throws {
         try handle.startReceiving { [self] _, result in push(result) }
     }
 
@@ -36,7 +38,7 @@ final class Inbox {
 
     /// The next datagram or receive error. Cancellation (the suite's time limit) ends the wait
     /// with a `ECANCELED` failure rather than hanging the run.
-    func next() async -> Result<Datagram, UVError> {
+    public func next() async -> Result<Datagram, UVError> {
         if !items.isEmpty { return items.removeFirst() }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
@@ -59,24 +61,25 @@ final class Inbox {
     }
 
     /// The next datagram; a receive error fails the test by throwing.
-    func datagram() async throws -> Datagram { try await next().get() }
+    public func datagram() async throws -> Datagram { try await next().get() }
 
     /// The next receive error; a datagram fails the test.
-    func error() async throws -> UVError {
+    public func error() async throws -> UVError {
         switch await next() {
         case .failure(let error): return error
         case .success(let datagram): throw UnexpectedDatagram(datagram: datagram)
         }
     }
 
-    var buffered: Int { items.count }
+    public var buffered: Int { items.count }
 }
 
-struct UnexpectedDatagram: Error { let datagram: Datagram }
+/// A datagram arrived where a receive error was expected.
+public struct UnexpectedDatagram: Error { public let datagram: Datagram }
 
 /// A handle bound to `ip` on an ephemeral port.
 @TestLoop
-func boundHandle(_ ip: String = "127.0.0.1", port: Int = 0, flags: UDPFlags = []) throws -> UDPHandle {
+public func boundHandle(_ ip: String = "127.0.0.1", port: Int = 0, flags: UDPFlags = []) throws -> UDPHandle {
     let handle = try UDPHandle(loop: testLoop)
     try handle.bind(SocketAddress(ip: ip, port: port), flags: flags)
     return handle
@@ -84,7 +87,7 @@ func boundHandle(_ ip: String = "127.0.0.1", port: Int = 0, flags: UDPFlags = []
 
 /// Queues a send and waits for its completion; returns the send's own error, if any.
 @TestLoop
-func sendAndWait(_ handle: UDPHandle, _ buffers: [[UInt8]], to address: SocketAddress? = nil) async throws -> UVError? {
+public func sendAndWait(_ handle: UDPHandle, _ buffers: [[UInt8]], to address: SocketAddress? = nil) async throws -> UVError? {
     try await withCheckedThrowingContinuation { continuation in
         do {
             try handle.send(buffers, to: address) { _, error in continuation.resume(returning: error) }
@@ -96,7 +99,7 @@ func sendAndWait(_ handle: UDPHandle, _ buffers: [[UInt8]], to address: SocketAd
 
 /// Closes handles and waits for their close callbacks.
 @TestLoop
-func closeAll(_ handles: UDPHandle...) async {
+public func closeAll(_ handles: UDPHandle...) async {
     for handle in handles {
         await withCheckedContinuation { continuation in handle.close { _ in continuation.resume() } }
     }
@@ -104,7 +107,7 @@ func closeAll(_ handles: UDPHandle...) async {
 
 /// A port on 127.0.0.1 that nothing listens on (bound, read, closed).
 @TestLoop
-func closedPort(_ ip: String = "127.0.0.1") async throws -> SocketAddress {
+public func closedPort(_ ip: String = "127.0.0.1") async throws -> SocketAddress {
     let probe = try boundHandle(ip)
     let address = try probe.localAddress()
     await closeAll(probe)
@@ -112,5 +115,6 @@ func closedPort(_ ip: String = "127.0.0.1") async throws -> SocketAddress {
 }
 
 extension Array where Element == UInt8 {
-    init(_ text: String) { self = Array(text.utf8) }
+    /// The UTF-8 bytes of `text`.
+    public init(_ text: String) { self = Array(text.utf8) }
 }

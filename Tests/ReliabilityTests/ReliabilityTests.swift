@@ -1,3 +1,0 @@
-import Testing
-
-// Reliability suites (issue 6) live in this target.
