@@ -180,7 +180,7 @@ public actor UDPSocket {
     ///   (port 0), ``UVError/alreadyConnected`` (a connected socket takes no address),
     ///   ``ClosedHandleError`` (closed before or while queued), `CancellationError`.
     public nonisolated func send(_ bytes: [UInt8], to address: SocketAddress) async throws {
-        try await send(.single(bytes), to: address)
+        try await sendDatagram(bytes, to: address)
     }
 
     /// Sends one datagram made of several buffers, concatenated; see ``send(_:to:)-(_,SocketAddress)``.
@@ -191,7 +191,7 @@ public actor UDPSocket {
         guard !buffers.isEmpty else {
             throw UVError.invalidArgument.with(context: "send needs at least one buffer (an empty buffer is fine)")
         }
-        try await send(buffers.count == 1 ? .single(buffers[0]) : .single(Array(buffers.joined())), to: address)
+        try await sendDatagram(buffers.count == 1 ? buffers[0] : Array(buffers.joined()), to: address)
     }
 
     /// Sends one datagram to the peer of a connected socket; see ``send(_:to:)-(_,SocketAddress)``.
@@ -199,25 +199,20 @@ public actor UDPSocket {
     /// - Throws: ``UVError/destinationAddressRequired`` on an unconnected socket, and as
     ///   ``send(_:to:)-(_,SocketAddress)``.
     public nonisolated func send(_ bytes: [UInt8]) async throws {
-        try await send(.single(bytes), to: nil)
+        try await sendDatagram(bytes, to: nil)
     }
 
-    enum Payload: Sendable {
-        case single([UInt8])
-        var bytes: [UInt8] { switch self { case .single(let bytes): bytes } }
-    }
-
-    private nonisolated func send(_ payload: Payload, to address: SocketAddress?) async throws {
+    private nonisolated func sendDatagram(_ bytes: [UInt8], to address: SocketAddress?) async throws {
         try Task.checkCancellation()
         let sentNow: Bool
         if loop.inLoop {
-            sentNow = try trySendOnLoopThread(payload.bytes, to: address)
+            sentNow = try trySendOnLoopThread(bytes, to: address)
         } else {
             // Sent from this thread with no hop; see DirectSender.
-            sentNow = try direct.send(payload.bytes, to: address) == .sent
+            sentNow = try direct.send(bytes, to: address) == .sent
         }
         guard sentNow else {
-            try await sendIsolated(payload.bytes, to: address)
+            try await sendIsolated(bytes, to: address)
             return
         }
         // The fast paths never suspend: a tight send loop would keep its thread (or, on the loop

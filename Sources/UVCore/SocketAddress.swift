@@ -315,7 +315,4 @@ extension SocketAddress {
             }
         }
     }
-
-    /// The IP without port, as the C string libuv's membership calls expect.
-    var ipForC: String { ip }
 }

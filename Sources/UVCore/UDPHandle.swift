@@ -639,10 +639,6 @@ public final class UDPHandle {
         loop.preconditionInLoop("UDPHandle.sendQueueCount")
         return state == .closed ? 0 : uv_udp_get_send_queue_count(raw)
     }
-
-    deinit {
-        // Reached only after `closed()` released the loop's reference.
-    }
 }
 
 @available(*, unavailable, message: "UDPHandle lives on its loop's thread; use UDPSocket across tasks")

@@ -282,9 +282,9 @@ struct UDPSocketLifecycleTests {
         spinners.append(Task(executorPreference: loop) {
             while true { try await socket.send([5, 6, 7, 8], to: sink.localAddress) }
         })
-        // Both the loop (an actor call) and the cooperative pool (this test) still get turns.
-        let sent = await socket.statistics.datagramsSent
-        #expect(sent >= 0)
+        // The spinners run, and both the loop (actor calls) and the cooperative pool (this test)
+        // still get turns: without the yield, this wait never returns.
+        try await waitUntil("spinners sent") { await socket.statistics.datagramsSent > 1000 }
         try await loop.submit { }
         _ = try await receive(1, from: sink)
         for spinner in spinners { spinner.cancel() }

@@ -509,7 +509,6 @@ struct UDPHandleOpenTests {
         let inbox = try Inbox(b)
         let peer = try b.localAddress()
         let fd = udpSocket()
-        _ = peer.port
         var sin = sockaddr_in()
         sin.sin_family = sa_family_t(AF_INET)
         sin.sin_port = UInt16(peer.port).bigEndian
