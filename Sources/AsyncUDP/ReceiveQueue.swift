@@ -1,42 +1,55 @@
 internal import DequeModule
-internal import Glibc
 import Synchronization
 import UVCore
 
-/// Carries datagrams from a socket's receive callback (loop thread) to the one task iterating
-/// `datagrams`, with bounded memory and one lock and at most one wakeup per burst.
+/// Carries datagrams from a socket's reads (loop thread) to any number of consumers: tasks
+/// calling `receive()`, `receive(timeout:)` or `receive(upTo:)`, and iterations of `datagrams`.
 ///
-/// - Loop side: each datagram is appended to `arrivals` (loop-confined, no lock). At the end of
-///   the loop turn, `endOfTurn()` moves the whole burst into `shared.buffer` under the lock,
-///   applying the overflow policy, and resumes the consumer if it waits.
-/// - Consumer side: `next()` serves from `batch` (consumer-confined) and refills it with up to
-///   `batchLimit` datagrams per lock.
+/// - Loop side: the handle hands each datagram of a read batch to ``receive(_:)`` (no lock);
+///   at the end of the batch, ``receiveBatchEnded()`` moves it into the shared queue under one
+///   lock, applying the overflow policy, and wakes as many waiting consumers as there are
+///   datagrams.
+/// - Consumer side: a consumer takes datagrams under the lock, in its own task; a woken consumer
+///   is only told to look again, so a datagram never sits in a continuation where a cancelled
+///   task could lose it. An iteration of `datagrams` takes up to ``batchLimit`` at a time into a
+///   private batch (one lock per batch, not per datagram) and, when it ends early (cancelled,
+///   or the loop broke), puts what it did not hand out back at the head of the queue, in order.
 ///
-/// Memory: at most `limit` datagrams wait in `shared.buffer`, the consumer holds at most
-/// `batchLimit` more, and `arrivals` holds at most one turn's reads (libuv reads at most 32
-/// datagrams per socket per turn).
-final class ReceiveQueue: EndOfTurnWork, @unchecked Sendable {
-    // Safe to share: `shared` is only touched under `lock`; the members marked "loop thread" are
-    // only touched on the loop thread (the handle's callbacks, end-of-turn work and loop jobs);
-    // the members marked "consumer" are only touched inside `next()`, which `consuming`
-    // (an atomic flag) keeps to one task at a time, with acquire/release ordering between tasks.
+/// Counting: `received` and `droppedByPolicy` move on the loop thread; `delivered` moves when
+/// user code gets a datagram. `queued` is `received - delivered - droppedByPolicy`, so the
+/// identity holds exactly at every moment.
+final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
+    // Safe to share: `shared` is only touched under `lock`; members marked "loop thread" are
+    // only touched on the loop thread (the handle's callbacks and loop jobs); `delivered` and
+    // `consumers` are atomics.
 
+    /// The most datagrams one iteration of `datagrams` takes into its private batch.
     static let batchLimit = 128
 
     enum End {
         case closed
-        case cancelled
         case failed(any Error)
+    }
+
+    /// What a waiting consumer is woken with.
+    enum Wake {
+        case ready
+        case cancelled
+    }
+
+    struct Waiter {
+        let id: UInt64
+        let continuation: UnsafeContinuation<Wake, Never>
     }
 
     struct Shared {
         var buffer = Deque<Datagram>()
-        var waiter: UnsafeContinuation<Void, Never>?
+        var waiters = Deque<Waiter>()
+        var nextWaiterID: UInt64 = 0
         var end: End?
-        var endReported = false
-        var delivered = 0
         var peakQueued = 0
-        var resumeRequested = false
+        /// `.pauseReading`: reading stopped for lack of room, and nobody asked to resume yet.
+        var readingPaused = false
     }
 
     let loop: UVLoop
@@ -44,67 +57,73 @@ final class ReceiveQueue: EndOfTurnWork, @unchecked Sendable {
     let policy: UDPSocket.OverflowPolicy
     private let lock = PThreadLock()
     private var shared = Shared()
+    /// Datagrams user code has been given.
+    let delivered = Atomic<Int>(0)
+    /// Consumers active now (waiting or holding a batch); with more than one, batches shrink
+    /// so that datagrams spread across them.
+    private let consumers = Atomic<Int>(0)
 
     // Loop thread.
     private var arrivals: [Datagram] = []
-    private var scheduled = false
-    private(set) var paused = false
     weak var handle: UDPHandle?
     var received = 0
     var bytesReceived = 0
     var truncated = 0
     var droppedByPolicy = 0
-    var transientErrors = 0
     var readingPauses = 0
     /// The kernel's drop count, read just before the socket closed.
     var finalKernelDrops: Int?
-    let transientContinuation: AsyncStream<UVError>.Continuation
+    let transient: TransientErrors
 
-    // Consumer.
-    private let consuming = Atomic<Bool>(false)
-    private var batch: [Datagram] = []
-    private var batchIndex = 0
-
-    init(loop: UVLoop, configuration: UDPSocket.Configuration, transientErrors: AsyncStream<UVError>.Continuation) {
+    init(loop: UVLoop, configuration: UDPSocket.Configuration, transient: TransientErrors) {
         self.loop = loop
         self.limit = configuration.receiveQueueLimit
         self.policy = configuration.overflowPolicy
-        self.transientContinuation = transientErrors
+        self.transient = transient
         arrivals.reserveCapacity(32)
     }
 
     // MARK: Loop side
 
-    /// The handle's receive callback.
-    func receive(_ result: Result<Datagram, UVError>) {
-        switch result {
-        case .success(let datagram):
-            received += 1
-            bytesReceived += datagram.payload.count
-            if datagram.isTruncated { truncated += 1 }
-            arrivals.append(datagram)
-            if !scheduled {
-                scheduled = true
-                loop.runAtEndOfTurn(self)
-            }
-        case .failure(let error) where error.isTransient:
-            transientErrors += 1
-            transientContinuation.yield(error)
-        case .failure(let error):
-            // Fatal: stop reading; the consumer gets what is buffered, then the error.
-            handle?.stopReceiving()
+    func receiveBudget() -> Int {
+        guard case .pauseReading(let high, _) = policy else { return Int.max }
+        // Read no more than fits under the high watermark: nothing read is ever dropped.
+        let queued = lock.withLock { shared.buffer.count } + arrivals.count
+        let room = high - queued
+        if room <= 0 { notePause() }
+        return room
+    }
+
+    private func notePause() {
+        let first: Bool = lock.withLock {
+            defer { shared.readingPaused = true }
+            return !shared.readingPaused
+        }
+        if first { readingPauses += 1 }
+    }
+
+    func receive(_ datagram: Datagram) {
+        received += 1
+        bytesReceived += datagram.payload.count
+        if datagram.isTruncated { truncated += 1 }
+        arrivals.append(datagram)
+    }
+
+    func receiveFailed(_ error: UVError, fatal: Bool) {
+        if fatal {
             finish(.failed(error))
+        } else {
+            transient.publish(error)
         }
     }
 
-    func endOfTurn() {
-        scheduled = false
+    func receiveBatchEnded() {
         guard !arrivals.isEmpty else { return }
-        var shouldPause = false
-        let waiter: UnsafeContinuation<Void, Never>? = lock.withLock {
+        var toWake: [UnsafeContinuation<Wake, Never>] = []
+        lock.withLock {
             guard shared.end == nil else {
                 droppedByPolicy += arrivals.count
-                return nil
+                return
             }
             for datagram in arrivals {
                 if shared.buffer.count < limit {
@@ -118,148 +137,172 @@ final class ReceiveQueue: EndOfTurnWork, @unchecked Sendable {
                 }
             }
             if shared.buffer.count > shared.peakQueued { shared.peakQueued = shared.buffer.count }
-            if case .pauseReading(let high, _) = policy, shared.buffer.count >= high {
-                shouldPause = true
-                shared.resumeRequested = false
-            }
-            defer { shared.waiter = nil }
-            return shared.waiter
+            toWake = wakeLocked(upTo: shared.buffer.count)
         }
         arrivals.removeAll(keepingCapacity: true)
-        if shouldPause && !paused, let handle, handle.isReceiving {
-            paused = true
-            readingPauses += 1
-            handle.stopReceiving()
-        }
-        waiter?.resume()
+        for continuation in toWake { continuation.resume(returning: .ready) }
     }
 
-    /// Loop thread: the consumer drained below the low watermark.
+    /// Under the lock: removes up to `count` waiters (all of them with `Int.max`) to wake.
+    private func wakeLocked(upTo count: Int) -> [UnsafeContinuation<Wake, Never>] {
+        var woken: [UnsafeContinuation<Wake, Never>] = []
+        while woken.count < count, let waiter = shared.waiters.popFirst() {
+            woken.append(waiter.continuation)
+        }
+        return woken
+    }
+
+    /// Ends receiving: queued datagrams are still delivered, then `end`. The first end wins.
+    func finish(_ end: End) {
+        let toWake: [UnsafeContinuation<Wake, Never>] = lock.withLock {
+            if shared.end == nil { shared.end = end }
+            return wakeLocked(upTo: Int.max)
+        }
+        for continuation in toWake { continuation.resume(returning: .ready) }
+    }
+
+    /// Loop thread: a consumer brought the queue down to the low watermark.
     private func resumeReading() {
         let wanted: Bool = lock.withLock {
-            defer { shared.resumeRequested = false }
-            return shared.resumeRequested && shared.end == nil
+            defer { shared.readingPaused = false }
+            return shared.readingPaused && shared.end == nil
         }
-        guard wanted, paused else { return }
-        paused = false
-        guard let handle, !handle.isClosed else { return }
-        do {
-            try handle.startReceiving()
-        } catch {
-            finish(.failed(error))
-        }
+        guard wanted, let handle else { return }
+        handle.receiverHasRoom()
     }
 
-    /// Ends the stream: buffered datagrams are still delivered, then `end`. The first end wins.
-    func finish(_ end: End) {
-        let waiter: UnsafeContinuation<Void, Never>? = lock.withLock {
-            if shared.end == nil { shared.end = end }
-            defer { shared.waiter = nil }
-            return shared.waiter
-        }
-        waiter?.resume()
-        if case .cancelled = end {} else { transientContinuation.finish() }
-    }
-
-    /// Counters that need the lock (loop thread). Datagrams read this turn are first put
-    /// through the overflow policy, so received = delivered + dropped + queued holds exactly and
-    /// queued never exceeds the limit.
-    func sharedCounters() -> (delivered: Int, queued: Int, peak: Int) {
-        endOfTurn()
-        return lock.withLock { (shared.delivered, shared.buffer.count, shared.peakQueued) }
+    /// Datagrams waiting in the shared queue now, and the most that ever waited.
+    var queueDepth: (queued: Int, peak: Int) {
+        lock.withLock { (shared.buffer.count, shared.peakQueued) }
     }
 
     // MARK: Consumer side
 
-    /// The next datagram for the one consumer; `nil` once the stream has ended.
-    func next() async throws -> Datagram? {
-        guard consuming.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
-            throw UDPSocketError.concurrentIteration
-        }
-        defer { consuming.store(false, ordering: .releasing) }
-        if batchIndex < batch.count {
-            defer { batchIndex += 1 }
-            return batch[batchIndex]
-        }
-        return try await refill()
-    }
-
-    private enum Refill {
-        case ready
-        case wait
+    private enum Take {
+        case taken
         case end(End)
-        case over
+        case wait
     }
 
-    private func refill() async throws -> Datagram? {
-        if Task.isCancelled { cancel() }
+    /// Under the lock: takes up to `count` datagrams into `into`, or reports the end, or that
+    /// the caller must wait. Asks the loop to resume reading when the queue fell to the low
+    /// watermark.
+    private func takeLocked(_ count: Int, into batch: inout [Datagram], resume: inout Bool) -> Take {
+        if !shared.buffer.isEmpty {
+            let n = min(count, shared.buffer.count)
+            if n == shared.buffer.count {
+                batch.append(contentsOf: shared.buffer)
+                shared.buffer.removeAll(keepingCapacity: true)
+            } else {
+                batch.append(contentsOf: shared.buffer.prefix(n))
+                shared.buffer.removeFirst(n)
+            }
+            if shared.readingPaused, case .pauseReading(_, let low) = policy, shared.buffer.count <= low {
+                resume = true
+            }
+            return .taken
+        }
+        if let end = shared.end { return .end(end) }
+        return .wait
+    }
+
+    /// Takes up to `count` datagrams (at least one), waiting for them. Cancel-safe: a wait
+    /// cancelled before datagrams are there takes nothing (a woken consumer always takes, so a
+    /// wakeup is never lost).
+    ///
+    /// - Returns: The datagrams (not yet counted as delivered), or `nil` once the socket is
+    ///   closed and the queue empty.
+    /// - Throws: `CancellationError`; the fatal receive error that ended receiving.
+    func take(upTo count: Int) async throws -> [Datagram]? {
+        try Task.checkCancellation()
+        consumers.add(1, ordering: .relaxed)
+        defer { consumers.subtract(1, ordering: .relaxed) }
+        var batch: [Datagram] = []
         while true {
-            var requestResume = false
-            let outcome: Refill = lock.withLock {
-                if !shared.buffer.isEmpty {
-                    let count = min(shared.buffer.count, Self.batchLimit)
-                    batch.removeAll(keepingCapacity: true)
-                    if count == shared.buffer.count {
-                        batch.append(contentsOf: shared.buffer)
-                        shared.buffer.removeAll(keepingCapacity: true)
-                    } else {
-                        batch.append(contentsOf: shared.buffer.prefix(count))
-                        shared.buffer.removeFirst(count)
-                    }
-                    shared.delivered += count
-                    if case .pauseReading(_, let low) = policy, shared.buffer.count <= low,
-                       !shared.resumeRequested, shared.end == nil {
-                        shared.resumeRequested = true
-                        requestResume = true
-                    }
-                    return .ready
-                }
-                if let end = shared.end {
-                    if shared.endReported { return .over }
-                    shared.endReported = true
-                    return .end(end)
-                }
-                return .wait
-            }
-            if requestResume {
-                loop.execute { [self] in resumeReading() }
-            }
+            var resume = false
+            let outcome = lock.withLock { takeLocked(count, into: &batch, resume: &resume) }
+            if resume { loop.execute { [self] in resumeReading() } }
             switch outcome {
-            case .ready:
-                batchIndex = 1
-                return batch[0]
-            case .over, .end(.closed), .end(.cancelled):
-                batch.removeAll()
-                batchIndex = 0
-                return nil
-            case .end(.failed(let error)):
-                batch.removeAll()
-                batchIndex = 0
-                throw error
-            case .wait:
-                await withTaskCancellationHandler {
-                    await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-                        let ready: Bool = lock.withLock {
-                            if !shared.buffer.isEmpty || shared.end != nil { return true }
-                            shared.waiter = continuation
-                            return false
-                        }
-                        if ready { continuation.resume() }
-                    }
-                } onCancel: {
-                    cancel()
-                }
+            case .taken: return batch
+            case .end(.closed): return nil
+            case .end(.failed(let error)): throw error
+            case .wait: try await waitForDatagrams()
             }
         }
     }
 
-    /// The consuming task was cancelled: end iteration and stop receiving.
-    private func cancel() {
-        finish(.cancelled)
-        loop.execute { [self] in
-            paused = false
-            handle?.stopReceiving()
+    /// Takes up to `count` queued datagrams without waiting; `nil` when none is queued.
+    func takeNow(upTo count: Int) -> [Datagram]? {
+        var batch: [Datagram] = []
+        var resume = false
+        let outcome = lock.withLock { takeLocked(count, into: &batch, resume: &resume) }
+        if resume { loop.execute { [self] in resumeReading() } }
+        guard case .taken = outcome else { return nil }
+        return batch
+    }
+
+    /// Suspends until datagrams may be there (or the end); throws `CancellationError` if the
+    /// task is cancelled while it waits.
+    private func waitForDatagrams() async throws {
+        let id: UInt64 = lock.withLock {
+            defer { shared.nextWaiterID += 1 }
+            return shared.nextWaiterID
         }
+        let wake: Wake = await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Wake, Never>) in
+                // Under the lock, so the cancellation handler either finds this waiter or runs
+                // before it was added (then the cancelled flag is already set).
+                let immediate: Wake? = lock.withLock {
+                    if !shared.buffer.isEmpty || shared.end != nil { return .ready }
+                    if Task.isCancelled { return .cancelled }
+                    shared.waiters.append(Waiter(id: id, continuation: continuation))
+                    return nil
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+        } onCancel: {
+            let waiter: Waiter? = lock.withLock {
+                guard let index = shared.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return shared.waiters.remove(at: index)
+            }
+            waiter?.continuation.resume(returning: .cancelled)
+        }
+        if case .cancelled = wake { throw CancellationError() }
+    }
+
+    /// Counts datagrams handed to user code.
+    @inline(__always)
+    func noteDelivered(_ count: Int = 1) {
+        delivered.add(count, ordering: .relaxed)
+    }
+
+    /// How many datagrams an iteration of `datagrams` should take at once: a whole batch for a
+    /// lone consumer, one at a time when several share the queue.
+    var iterationBatchSize: Int {
+        consumers.load(ordering: .relaxed) > 1 ? 1 : Self.batchLimit
+    }
+
+    /// Puts datagrams a consumer took but did not hand out back at the head of the queue, in
+    /// order, and wakes a waiter for them.
+    func giveBack(_ datagrams: some Collection<Datagram>) {
+        guard !datagrams.isEmpty else { return }
+        let toWake: [UnsafeContinuation<Wake, Never>] = lock.withLock {
+            shared.buffer.insert(contentsOf: datagrams, at: 0)
+            return wakeLocked(upTo: datagrams.count)
+        }
+        for continuation in toWake { continuation.resume(returning: .ready) }
     }
 }
 
+/// The transient-error side of a socket: counted by the handle's counters, published here.
+final class TransientErrors: Sendable {
+    let stream: AsyncStream<UVError>
+    private let continuation: AsyncStream<UVError>.Continuation
+
+    init() {
+        (stream, continuation) = AsyncStream<UVError>.makeStream(bufferingPolicy: .bufferingNewest(64))
+    }
+
+    func publish(_ error: UVError) { continuation.yield(error) }
+    func finish() { continuation.finish() }
+}

@@ -32,23 +32,39 @@ extension UDPSocket {
         public var receiveBufferSize: Int?
         /// If set, the socket's kernel send buffer (`SO_SNDBUF`; Linux doubles it).
         public var sendBufferSize: Int?
-        /// Read with `recvmmsg`, up to 20 datagrams per system call, into a buffer the loop owns.
-        /// Datagrams, senders and truncation are reported exactly as without it.
-        public var batchedReceive: Bool
+        /// Earlier switch for batched reads: every socket now reads with `recvmmsg`, up to 32
+        /// datagrams per system call, so this has no effect.
+        @available(*, deprecated, message: "every socket reads with recvmmsg now; this has no effect")
+        public var batchedReceive: Bool {
+            get { true }
+            set {}
+        }
 
         /// Creates a configuration; every parameter has a sensible default.
         public init(receiveQueueLimit: Int = 1024,
                     overflowPolicy: OverflowPolicy = .dropNewest,
                     maximumDatagramSize: Int = 65_536,
                     receiveBufferSize: Int? = nil,
-                    sendBufferSize: Int? = nil,
-                    batchedReceive: Bool = false) {
+                    sendBufferSize: Int? = nil) {
             self.receiveQueueLimit = receiveQueueLimit
             self.overflowPolicy = overflowPolicy
             self.maximumDatagramSize = maximumDatagramSize
             self.receiveBufferSize = receiveBufferSize
             self.sendBufferSize = sendBufferSize
-            self.batchedReceive = batchedReceive
+        }
+
+        /// Creates a configuration; `batchedReceive` is ignored (every socket reads with
+        /// `recvmmsg` now).
+        @available(*, deprecated, message: "every socket reads with recvmmsg now; drop batchedReceive")
+        public init(receiveQueueLimit: Int = 1024,
+                    overflowPolicy: OverflowPolicy = .dropNewest,
+                    maximumDatagramSize: Int = 65_536,
+                    receiveBufferSize: Int? = nil,
+                    sendBufferSize: Int? = nil,
+                    batchedReceive: Bool) {
+            self.init(receiveQueueLimit: receiveQueueLimit, overflowPolicy: overflowPolicy,
+                      maximumDatagramSize: maximumDatagramSize, receiveBufferSize: receiveBufferSize,
+                      sendBufferSize: sendBufferSize)
         }
 
         /// Throws ``UVError/invalidArgument`` for a setting out of range.
@@ -67,45 +83,74 @@ extension UDPSocket {
         }
     }
 
-    /// Counters for one socket. Received = delivered + dropped by policy + queued.
+    /// Counters for one socket: `datagramsReceived = datagramsDelivered +
+    /// datagramsDroppedByPolicy + datagramsQueued` holds exactly at every moment.
+    ///
+    /// Names read as one family: `datagrams...` count datagrams, `bytes...` count payload
+    /// bytes, `...Count` count events.
     public struct Statistics: Sendable, Hashable, CustomStringConvertible {
         /// Datagrams the library read from the socket.
         public var datagramsReceived = 0
         /// Payload bytes the library read from the socket.
         public var bytesReceived = 0
-        /// Datagrams handed to the consumer of ``UDPSocket/datagrams``.
+        /// Datagrams handed to user code (by a receive call or an iteration of
+        /// ``UDPSocket/datagrams``). A datagram an iteration took but had not handed out when it
+        /// ended goes back to the queue and is not counted.
         public var datagramsDelivered = 0
-        /// Datagrams waiting for the consumer now.
+        /// Datagrams waiting for a consumer now (in the queue, or taken by an iteration of
+        /// ``UDPSocket/datagrams`` and not yet handed out).
         public var datagramsQueued = 0
-        /// The most datagrams that ever waited at once (never more than the queue limit).
-        public var peakQueued = 0
-        /// Datagrams dropped by the overflow policy (or read after the stream ended).
-        public var droppedByPolicy = 0
-        /// How many times the `.pauseReading` policy stopped reading at its high watermark.
-        public var readingPauses = 0
-        /// Datagrams that arrived truncated.
-        public var truncated = 0
-        /// Transient errors seen: ICMP-driven `ECONNREFUSED`, `EHOSTUNREACH`, `ENETUNREACH`, and
-        /// `ENOBUFS`, from receives and sends.
-        public var transientErrors = 0
-        /// Datagrams the kernel took from ``UDPSocket/send(_:to:)``.
-        public var datagramsSent = 0
-        /// Payload bytes the kernel took.
-        public var bytesSent = 0
-        /// Sends refused on the loop: by the kernel, by libuv, or by a check such as the size limit
-        /// (an empty buffer list, a closed socket and cancellation are not counted).
-        public var sendErrors = 0
+        /// The most datagrams that ever waited in the queue at once.
+        public var peakDatagramsQueued = 0
+        /// Datagrams dropped by the overflow policy.
+        public var datagramsDroppedByPolicy = 0
+        /// Datagrams that arrived truncated (longer than ``Configuration/maximumDatagramSize``).
+        public var datagramsTruncated = 0
         /// The kernel's own count of datagrams it dropped for this socket because its receive
         /// buffer was full (`SO_MEMINFO`); `nil` where the kernel does not report it. After
         /// ``UDPSocket/close()`` it keeps the count read just before the socket closed.
-        public var kernelDrops: Int?
+        public var datagramsDroppedByKernel: Int?
+        /// How many times the `.pauseReading` policy stopped reading at its high watermark.
+        public var readingPauses = 0
+        /// Transient errors seen, each counted once: ICMP-driven `ECONNREFUSED`, `EHOSTUNREACH`,
+        /// `ENETUNREACH` (left by an earlier datagram), and `ENOBUFS`, from receives and sends.
+        /// Each is also published on ``UDPSocket/transientErrors``.
+        public var transientErrorCount = 0
+        /// Datagrams the kernel took.
+        public var datagramsSent = 0
+        /// Payload bytes the kernel took.
+        public var bytesSent = 0
+        /// Sends that failed with their own error: refused by a check (too large, wrong family,
+        /// port 0) or by the kernel. A closed socket and cancellation are not counted.
+        public var sendErrorCount = 0
 
         /// Creates zeroed statistics.
         public init() {}
 
         public var description: String {
-            "received \(datagramsReceived) (\(bytesReceived) B), delivered \(datagramsDelivered), queued \(datagramsQueued) (peak \(peakQueued)), dropped \(droppedByPolicy), reading pauses \(readingPauses), truncated \(truncated), transient errors \(transientErrors), sent \(datagramsSent) (\(bytesSent) B), send errors \(sendErrors), kernel drops \(kernelDrops.map(String.init) ?? "n/a")"
+            "received \(datagramsReceived) (\(bytesReceived) B), delivered \(datagramsDelivered), queued \(datagramsQueued) (peak \(peakDatagramsQueued)), dropped by policy \(datagramsDroppedByPolicy), reading pauses \(readingPauses), truncated \(datagramsTruncated), transient errors \(transientErrorCount), sent \(datagramsSent) (\(bytesSent) B), send errors \(sendErrorCount), dropped by kernel \(datagramsDroppedByKernel.map(String.init) ?? "n/a")"
         }
+
+        // MARK: Earlier names
+
+        /// Renamed ``peakDatagramsQueued``.
+        @available(*, deprecated, renamed: "peakDatagramsQueued")
+        public var peakQueued: Int { get { peakDatagramsQueued } set { peakDatagramsQueued = newValue } }
+        /// Renamed ``datagramsDroppedByPolicy``.
+        @available(*, deprecated, renamed: "datagramsDroppedByPolicy")
+        public var droppedByPolicy: Int { get { datagramsDroppedByPolicy } set { datagramsDroppedByPolicy = newValue } }
+        /// Renamed ``datagramsTruncated``.
+        @available(*, deprecated, renamed: "datagramsTruncated")
+        public var truncated: Int { get { datagramsTruncated } set { datagramsTruncated = newValue } }
+        /// Renamed ``datagramsDroppedByKernel``.
+        @available(*, deprecated, renamed: "datagramsDroppedByKernel")
+        public var kernelDrops: Int? { get { datagramsDroppedByKernel } set { datagramsDroppedByKernel = newValue } }
+        /// Renamed ``transientErrorCount``.
+        @available(*, deprecated, renamed: "transientErrorCount")
+        public var transientErrors: Int { get { transientErrorCount } set { transientErrorCount = newValue } }
+        /// Renamed ``sendErrorCount``.
+        @available(*, deprecated, renamed: "sendErrorCount")
+        public var sendErrors: Int { get { sendErrorCount } set { sendErrorCount = newValue } }
     }
 }
 
@@ -114,7 +159,8 @@ public struct UDPSocketError: Error, Hashable, Sendable, CustomStringConvertible
     /// A stable identifier for the kind of error.
     public struct Code: Hashable, Sendable {
         let rawValue: String
-        /// Two tasks iterated ``UDPSocket/datagrams`` at the same time; it has one consumer.
+        /// No longer thrown: ``UDPSocket/datagrams`` serves any number of consumers.
+        @available(*, deprecated, message: "datagrams serves any number of consumers; this is never thrown")
         public static let concurrentIteration = Code(rawValue: "concurrentIteration")
     }
 
@@ -123,9 +169,10 @@ public struct UDPSocketError: Error, Hashable, Sendable, CustomStringConvertible
     /// What happened.
     public let message: String
 
-    /// Two tasks iterated ``UDPSocket/datagrams`` at the same time.
+    /// No longer thrown: ``UDPSocket/datagrams`` serves any number of consumers.
+    @available(*, deprecated, message: "datagrams serves any number of consumers; this is never thrown")
     public static let concurrentIteration = UDPSocketError(
-        code: .concurrentIteration,
+        code: Code(rawValue: "concurrentIteration"),
         message: "datagrams was iterated by two tasks at once; it supports one consumer at a time")
 
     public var description: String { message }

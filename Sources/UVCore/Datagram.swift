@@ -10,10 +10,39 @@ public struct Datagram: Sendable, Hashable {
     public var isTruncated: Bool
 
     /// Creates a datagram value.
+    ///
+    /// - Parameters:
+    ///   - payload: The bytes.
+    ///   - remote: The sender of a received datagram; the destination of one to send.
+    ///   - isTruncated: Whether the payload lost its tail on receipt.
     public init(payload: [UInt8], remote: SocketAddress, isTruncated: Bool = false) {
         self.payload = payload
         self.remote = remote
         self.isTruncated = isTruncated
+    }
+
+    /// Creates a datagram whose payload is the UTF-8 bytes of `string`.
+    ///
+    /// - Parameters:
+    ///   - string: The text.
+    ///   - remote: The destination (or, for a received datagram, the sender).
+    public init(string: String, remote: SocketAddress) {
+        self.init(payload: Array(string.utf8), remote: remote)
+    }
+
+    /// The payload as UTF-8 text; invalid sequences become U+FFFD (see ``validatedString``).
+    public var string: String { String(decoding: payload, as: UTF8.self) }
+
+    /// The payload as UTF-8 text, or `nil` if it is not valid UTF-8.
+    public var validatedString: String? { String(validating: payload, as: UTF8.self) }
+}
+
+extension String {
+    /// The payload of `datagram` as UTF-8 text; invalid sequences become U+FFFD.
+    ///
+    /// - Parameter datagram: A received datagram.
+    public init(_ datagram: Datagram) {
+        self = datagram.string
     }
 }
 

@@ -38,20 +38,39 @@ public struct SocketAddressError: Error, Hashable, Sendable, CustomStringConvert
     public let reason: Reason
     /// The text that was rejected.
     public let input: String
+    /// For ``Reason/unknownScope``: the system error when the interface could not be looked up
+    /// at all (for example ``UVError/tooManyOpenFiles``), as opposed to not existing.
+    public let underlyingError: UVError?
 
     /// Creates an error for the given reason and input.
-    public init(_ reason: Reason, input: String) {
+    public init(_ reason: Reason, input: String, underlyingError: UVError? = nil) {
         self.reason = reason
         self.input = input
+        self.underlyingError = underlyingError
     }
 
     public var description: String {
+        if let underlyingError {
+            return "cannot look up the IPv6 scope of \"\(input)\": \(underlyingError) (the input may be fine)"
+        }
         switch reason {
-        case .invalidIP: "invalid IP address \"\(input)\""
-        case .invalidPort: "invalid port in \"\(input)\": a port must be 0...65535"
-        case .missingPort: "missing port in \"\(input)\": write \"1.2.3.4:53\" or \"[::1]:53\""
-        case .unknownScope: "unknown IPv6 scope in \"\(input)\": no such interface on this host"
-        case .unexpectedScope: "an IPv4 address cannot have a scope: \"\(input)\""
+        case .invalidIP where Self.looksLikeHostName(input):
+            return "invalid IP address \"\(input)\": SocketAddress takes numeric addresses only; resolve host names with SocketAddress.resolve(host:port:family:)"
+        case .invalidIP: return "invalid IP address \"\(input)\""
+        case .invalidPort: return "invalid port in \"\(input)\": a port must be 0...65535"
+        case .missingPort: return "missing port in \"\(input)\": write \"1.2.3.4:53\" or \"[::1]:53\""
+        case .unknownScope: return "unknown IPv6 scope in \"\(input)\": no such interface on this host"
+        case .unexpectedScope: return "an IPv4 address cannot have a scope: \"\(input)\""
+        }
+    }
+
+    /// Whether the IP part of `text` has letters that no IPv4 or IPv6 address has.
+    private static func looksLikeHostName(_ text: String) -> Bool {
+        var host = Substring(text)
+        if host.hasPrefix("[") { return false }
+        if let colon = host.lastIndex(of: ":") { host = host[..<colon] }
+        return host.unicodeScalars.contains { scalar in
+            scalar.properties.isAlphabetic && !("a"..."f").contains(scalar) && !("A"..."F").contains(scalar)
         }
     }
 }
@@ -165,10 +184,11 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
         var scopeID: UInt32 = 0
         if let scopeText {
-            guard let id = Self.resolveScope(scopeText) else {
-                throw SocketAddressError(.unknownScope, input: input)
+            switch Self.lookUpScope(scopeText) {
+            case .found(let id): scopeID = id
+            case .unknown: throw SocketAddressError(.unknownScope, input: input)
+            case .lookupFailed(let error): throw SocketAddressError(.unknownScope, input: input, underlyingError: error)
             }
-            scopeID = id
         }
         let (high, low) = withUnsafeBytes(of: &v6) { raw in
             (raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self),
@@ -177,16 +197,36 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         return SocketAddress(storage: .v6(high: high, low: low, port: port, flowInfo: 0, scopeID: scopeID))
     }
 
+    enum ScopeLookup {
+        case found(UInt32)
+        case unknown
+        /// The system could not answer (no descriptor left for the lookup, ...).
+        case lookupFailed(UVError)
+    }
+
     /// An interface name ("lo") or index ("1") that exists on this host.
-    static func resolveScope(_ text: Substring) -> UInt32? {
-        guard !text.isEmpty, text.utf8.count < Int(IF_NAMESIZE), !text.utf8.contains(0) else { return nil }
+    static func lookUpScope(_ text: Substring) -> ScopeLookup {
+        guard !text.isEmpty, text.utf8.count < Int(IF_NAMESIZE), !text.utf8.contains(0) else { return .unknown }
+        errno = 0
         if text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) {
-            guard let index = UInt32(text), index > 0 else { return nil }
+            guard let index = UInt32(text), index > 0 else { return .unknown }
             var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE))
-            return if_indextoname(index, &name) == nil ? nil : index
+            if if_indextoname(index, &name) != nil { return .found(index) }
+        } else {
+            let index = if_nametoindex(String(text))
+            if index != 0 { return .found(index) }
         }
-        let index = if_nametoindex(String(text))
-        return index == 0 ? nil : index
+        // glibc answers with a socket and an ioctl: ENODEV/ENXIO mean "no such interface";
+        // anything else (EMFILE, ENFILE, ENOMEM...) means the question could not be asked.
+        let code = errno
+        if code == 0 || code == ENODEV || code == ENXIO { return .unknown }
+        return .lookupFailed(UVError(code: -code, context: "interface lookup of \"\(text)\""))
+    }
+
+    /// An interface name ("lo") or index ("1") that exists on this host; `nil` otherwise.
+    static func resolveScope(_ text: Substring) -> UInt32? {
+        if case .found(let index) = lookUpScope(text) { return index }
+        return nil
     }
 
     /// The address family.
@@ -282,6 +322,40 @@ extension SocketAddress {
                           flowInfo: UInt32(bigEndian: sin6.sin6_flowinfo), scopeID: sin6.sin6_scope_id)
         default:
             return nil
+        }
+    }
+
+    /// The wildcard address of `family` (`0.0.0.0` or `::`), port 0.
+    package static func wildcard(_ family: AddressFamily) -> SocketAddress {
+        SocketAddress(storage: family == .ipv6
+            ? .v6(high: 0, low: 0, port: 0, flowInfo: 0, scopeID: 0)
+            : .v4(address: 0, port: 0))
+    }
+
+    /// Writes this address as a `sockaddr_in` or `sockaddr_in6` at `target` (room for a
+    /// `sockaddr_storage`); returns its length.
+    @inline(__always)
+    package func write(to target: UnsafeMutableRawPointer) -> socklen_t {
+        switch storage {
+        case .v4(let address, let port):
+            var sin = sockaddr_in()
+            sin.sin_family = sa_family_t(AF_INET)
+            sin.sin_port = port.bigEndian
+            sin.sin_addr.s_addr = address.bigEndian
+            target.storeBytes(of: sin, as: sockaddr_in.self)
+            return socklen_t(MemoryLayout<sockaddr_in>.size)
+        case .v6(let high, let low, let port, let flow, let scope):
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = port.bigEndian
+            sin6.sin6_flowinfo = flow.bigEndian
+            sin6.sin6_scope_id = scope
+            withUnsafeMutableBytes(of: &sin6.sin6_addr) { raw in
+                raw.storeBytes(of: high, toByteOffset: 0, as: UInt64.self)
+                raw.storeBytes(of: low, toByteOffset: 8, as: UInt64.self)
+            }
+            target.storeBytes(of: sin6, as: sockaddr_in6.self)
+            return socklen_t(MemoryLayout<sockaddr_in6>.size)
         }
     }
 

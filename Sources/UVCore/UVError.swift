@@ -118,6 +118,22 @@ extension UVError {
     public static let wouldBlock = UVError(UV_EAGAIN)
     /// The operation is not supported. The corresponding C error is `ENOTSUP`.
     public static let notSupported = UVError(UV_ENOTSUP)
+    /// The process has no file descriptor left. The corresponding C error is `EMFILE`.
+    public static let tooManyOpenFiles = UVError(UV_EMFILE)
+    /// The system has no file descriptor left. The corresponding C error is `ENFILE`.
+    public static let tooManyOpenFilesInSystem = UVError(UV_ENFILE)
+    /// Not enough memory. The corresponding C error is `ENOMEM`.
+    public static let outOfMemory = UVError(UV_ENOMEM)
+    /// The descriptor is not a socket. The corresponding C error is `ENOTSOCK`.
+    public static let notASocket = UVError(UV_ENOTSOCK)
+    /// The protocol is not supported (for example, adopting a socket that is not UDP). The
+    /// corresponding C error is `EPROTONOSUPPORT`.
+    public static let protocolNotSupported = UVError(UV_EPROTONOSUPPORT)
+    /// The operation timed out. The corresponding C error is `ETIMEDOUT`.
+    public static let timedOut = UVError(UV_ETIMEDOUT)
+    /// An I/O error (for example, a route that refuses UDP segmentation offload). The
+    /// corresponding C error is `EIO`.
+    public static let ioError = UVError(UV_EIO)
 
     /// Whether this error is one of the ICMP-driven or resource errors after which a UDP socket
     /// keeps working: `ECONNREFUSED`, `EHOSTUNREACH`, `ENETUNREACH` or `ENOBUFS`.

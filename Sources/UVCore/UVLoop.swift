@@ -1,13 +1,15 @@
 internal import CLibUV
+internal import CUVShims
 internal import Glibc
+public import Logging
 import Synchronization
 
 /// A libuv event loop running on a thread of its own, usable as a Swift executor.
 ///
 /// `UVLoop` owns one `uv_loop_t` and one thread that runs it. It is a `SerialExecutor`, so an
 /// actor can make the loop its executor (every `UDPSocket` does), and a `TaskExecutor`, so
-/// `withTaskExecutorPreference(loop) { ... }` runs nonisolated async code on the loop thread.
-/// Code running there talks to libuv with no lock and no thread hop.
+/// `Task(executorPreference: loop)` runs nonisolated async code on the loop thread. Code running
+/// there talks to libuv with no lock and no thread hop.
 ///
 /// ```swift
 /// let loop = UVLoop(name: "dns")
@@ -15,27 +17,57 @@ import Synchronization
 /// await loop.shutdown()
 /// ```
 ///
-/// Jobs are queued under a lock and the loop is woken with `uv_async_send`; libuv coalesces
-/// wakeups, and one wakeup drains everything queued.
+/// Jobs from other threads are queued under a lock and the loop is woken with `uv_async_send`
+/// (libuv coalesces wakeups, and one wakeup drains everything queued); jobs queued by the loop
+/// thread itself need no wakeup and run before the loop next waits for I/O.
 ///
 /// A loop you create keeps running (and keeps itself alive) until you call ``shutdown()``.
-/// ``shared`` starts on first use and normally runs for the life of the process.
+/// ``shared`` starts on first use and runs for the life of the process.
+///
+/// ## Resource exhaustion
+///
+/// Starting a loop needs file descriptors (an epoll instance and an eventfd) and a thread. When
+/// the process has none left (`EMFILE`, `EAGAIN`), `UVLoop(name:)` does not trap: it returns a
+/// loop that never ran, with ``startError`` set, and everything that needs it (opening a socket
+/// or a handle on it) throws that error. ``start(name:logger:)`` throws it at once.
 ///
 /// - Important: After ``shutdown()`` the loop no longer runs libuv. Work that still arrives (a
 ///   task resuming on a socket's actor, an ``execute(_:)`` call) is not dropped: it runs, one job
-///   at a time, on a short-lived thread of the loop's, and a one-time diagnostic is printed to
-///   standard error. Handles on a shut-down loop are closed, so such work typically ends in
-///   ``ClosedHandleError``.
+///   at a time, on a short-lived thread of the loop's, and a warning is logged once. Handles on a
+///   shut-down loop are closed, so such work typically ends in ``ClosedHandleError``.
 public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
-    // Safe to share: `queue` is guarded by its lock; `threadID` is written once by the loop
-    // thread before `init` returns (ordered by the `started` semaphore); everything marked
-    // "loop thread only" is touched only where `inLoop` holds, which the executor serialises.
+    // Safe to share: `queue` is guarded by its lock; `startError`, `name`, `logger` are
+    // immutable; everything marked "loop thread only" is touched only where `inLoop` holds (the
+    // loop thread, or after shutdown the single late-work drainer), which the executor
+    // serialises. `retired` is an atomic.
 
-    /// The loop's name, used for its thread and in diagnostics.
+    /// The loop's name, used for its thread (the first 15 bytes) and in diagnostics.
     public let name: String
 
+    /// Where the loop reports what it cannot return or throw: work that arrives after shutdown,
+    /// a refused shutdown of ``shared``, a failed `uv_loop_close`. Silent unless you pass one.
+    public let logger: Logger
+
+    /// Why the loop could not start (`nil` when it runs or ran). A loop that could not start
+    /// behaves like one that has shut down, and opening a socket on it throws this error.
+    public var startError: UVError? { failure }
+    /// Written only during `init`, before the loop is visible to any other thread.
+    private var failure: UVError?
+
     /// The process-wide default loop, started on first use.
-    public static let shared = UVLoop(name: "AsyncUDP.shared")
+    ///
+    /// It cannot be shut down: ``shutdown()`` on it is refused (and logged), because any library
+    /// in the process may have sockets on it. If it cannot start (for example at `EMFILE`), the
+    /// error is thrown by whatever needed it, and the next use tries again.
+    public static var shared: UVLoop { SharedLoop.current() }
+
+    /// Whether this is ``shared``.
+    public var isShared: Bool { SharedLoop.isShared(self) }
+
+    /// A logger that discards everything: the default, so the library prints nothing by itself.
+    public static var silentLogger: Logger {
+        Logger(label: "AsyncUDP", factory: { _ in SwiftLogNoOpLogHandler() })
+    }
 
     enum Job {
         /// A job for an actor whose executor is this loop (arrived through `serialExecutor`).
@@ -58,94 +90,115 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
     }
 
     private var serialRole: SerialRole!
-    /// Jobs the loop thread runs in one wakeup before it lets libuv poll again, counted in
-    /// rounds of "everything queued so far".
-    private static let drainRounds = 1024
 
     enum Phase { case running, stopping, stopped }
 
     struct QueueState {
         var pending: [Job] = []
+        /// A drain is due (an async wakeup was sent, or the loop thread queued work itself and
+        /// keeps the loop from blocking until it drains): submitters need not wake the loop.
         var wakeupPending = false
         var phase = Phase.running
-        /// After shutdown: the thread running late jobs, while one runs.
-        var retiredDrainer: pthread_t?
         var retiredDrainerRunning = false
         var warnedAboutLateWork = false
         var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
         var joined = false
     }
 
-    private let queue = LockedBox(QueueState())
-    /// Set once the loop has stopped; lets `inLoop` skip the lock while the loop runs.
-    private let retired = Atomic<Bool>(false)
-    private var threadID = pthread_t()
-    private var thread = pthread_t()
+    let queue = LockedBox(QueueState())
+    /// Set once the loop has stopped (or never started).
+    let retired = Atomic<Bool>(false)
+    /// The loop thread, once started (written during `init` only).
+    private(set) var loopThread = pthread_t()
+    private(set) var threadStarted = false
 
     // Loop thread only.
     let uvLoop: UnsafeMutablePointer<uv_loop_t>
-    private let wakeup: UnsafeMutablePointer<uv_async_t>
-    private let turnEnd: UnsafeMutablePointer<uv_check_t>
-    private var turnEndWork: [any EndOfTurnWork] = []
-    private var draining: [Job] = []
-    private var resources: [ObjectIdentifier: any LoopResource] = [:]
+    let wakeup: UnsafeMutablePointer<uv_async_t>
+    let turnEnd: UnsafeMutablePointer<uv_check_t>
+    /// Active while work is due before the loop may block again: an active idle handle makes
+    /// libuv poll with a zero timeout, so `turnEnd` runs without waiting for I/O.
+    let keepAwake: UnsafeMutablePointer<uv_idle_t>
+    var keepAwakeActive = false
+    var turnEndWork: [any EndOfTurnWork] = []
+    var draining: [Job] = []
+    var resources: [ObjectIdentifier: any LoopResource] = [:]
+    /// State that other modules attach to the loop (the UDP layer's I/O buffers), keyed by type.
+    package var localStorage: [ObjectIdentifier: AnyObject] = [:]
     /// True from the moment the shutdown job starts closing handles.
-    private(set) var isShuttingDown = false
-    /// One receive buffer per loop: libuv's allocate, read and receive callbacks for a handle run
-    /// back to back on this thread, and each receive copies the bytes out before the next read.
-    /// It holds `receiveChunks` chunks of 64 KiB: batched receives (`recvmmsg`) read up to that
-    /// many datagrams at once into it; other handles use the first chunk.
-    let receiveScratch: UnsafeMutableRawPointer
-    static let receiveScratchSize = 65_536
-    static let receiveChunks = 20
+    package internal(set) var isShuttingDown = false
 
     /// Creates a loop and starts its thread.
     ///
-    /// - Parameter name: A name for the thread (truncated to 15 bytes by the kernel) and for
-    ///   diagnostics.
-    public init(name: String = "AsyncUDP.loop") {
+    /// Never traps: if the process is out of file descriptors or threads, the loop is returned
+    /// stopped, with ``startError`` set (see the type's discussion). Use
+    /// ``start(name:logger:)`` to get that error thrown instead.
+    ///
+    /// - Parameters:
+    ///   - name: A name for the thread (truncated to 15 bytes by the kernel) and for diagnostics.
+    ///   - logger: Where the loop logs; silent by default.
+    public init(name: String = "AsyncUDP.loop", logger: Logger = UVLoop.silentLogger) {
         self.name = name
+        self.logger = logger
         uvLoop = .allocate(capacity: 1)
         wakeup = .allocate(capacity: 1)
         turnEnd = .allocate(capacity: 1)
-        receiveScratch = .allocate(byteCount: Self.receiveScratchSize * Self.receiveChunks, alignment: 16)
-        let rc = uv_loop_init(uvLoop)
-        precondition(rc == 0, "uv_loop_init failed: \(UVError(code: rc))")
-        let rc2 = uv_async_init(uvLoop, wakeup) { async in
-            guard let async, let data = async.pointee.data else { return }
-            Unmanaged<UVLoop>.fromOpaque(data).takeUnretainedValue().drain()
-        }
-        precondition(rc2 == 0, "uv_async_init failed: \(UVError(code: rc2))")
-        wakeup.pointee.data = Unmanaged.passUnretained(self).toOpaque()
-        uv_check_init(uvLoop, turnEnd)
-        turnEnd.pointee.data = Unmanaged.passUnretained(self).toOpaque()
-        uv_check_start(turnEnd) { check in
-            guard let check, let data = check.pointee.data else { return }
-            Unmanaged<UVLoop>.fromOpaque(data).takeUnretainedValue().endOfTurn()
-        }
-        // The check handle must not keep the loop alive on its own.
-        uv_unref(UnsafeMutableRawPointer(turnEnd).assumingMemoryBound(to: uv_handle_t.self))
+        keepAwake = .allocate(capacity: 1)
         serialRole = SerialRole(loop: self)
+        // How far the set-up got: 1 = uv_loop_init, 2 = uv_async_init, 3 = check and idle.
+        var stage = 0
+        let rc = uv_loop_init(uvLoop)
+        if rc < 0 {
+            failure = UVError(code: rc, context: "UVLoop '\(name)': uv_loop_init")
+        } else {
+            stage = 1
+            let rc2 = uv_async_init(uvLoop, wakeup) { async in
+                guard let async, let data = async.pointee.data else { return }
+                Unmanaged<UVLoop>.fromOpaque(data).takeUnretainedValue().drain()
+            }
+            if rc2 < 0 {
+                failure = UVError(code: rc2, context: "UVLoop '\(name)': uv_async_init")
+            } else {
+                stage = 3
+                uv_check_init(uvLoop, turnEnd)
+                uv_idle_init(uvLoop, keepAwake)
+                failure = startThread()
+            }
+        }
+        guard let failure else { return }
+        // Undo what was set up, on this thread (the loop never ran).
+        if stage >= 3 {
+            uv_close(handle(wakeup), nil)
+            uv_close(handle(turnEnd), nil)
+            uv_close(handle(keepAwake), nil)
+            uv_run(uvLoop, UV_RUN_DEFAULT)
+        }
+        if stage >= 1 { uv_loop_close(uvLoop) }
+        queue.withLock { $0.phase = .stopped }
+        retired.store(true, ordering: .releasing)
+        logger.error("UVLoop '\(name)' could not start: \(failure)")
+    }
 
-        let started = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
-        sem_init(started, 0, 0)
-        defer { sem_destroy(started); started.deallocate() }
-        let context = StartContext(loop: self, started: started)
-        let rc3 = pthread_create(&thread, nil, { raw in
-            let context = Unmanaged<StartContext>.fromOpaque(raw!).takeRetainedValue()
-            context.loop.threadMain(started: context.started)
-            return nil
-        }, Unmanaged.passRetained(context).toOpaque())
-        precondition(rc3 == 0, "pthread_create failed: \(rc3)")
-        sem_wait(started)
+    /// Creates a loop and starts its thread, or throws why it cannot.
+    ///
+    /// - Parameters:
+    ///   - name: A name for the thread and for diagnostics.
+    ///   - logger: Where the loop logs; silent by default.
+    /// - Throws: ``UVError`` such as ``UVError/tooManyOpenFiles`` when the process has no file
+    ///   descriptor left, or ``UVError/wouldBlock`` (`EAGAIN`) when it cannot make a thread.
+    public static func start(name: String = "AsyncUDP.loop", logger: Logger = UVLoop.silentLogger) throws(UVError) -> UVLoop {
+        let loop = UVLoop(name: name, logger: logger)
+        if let error = loop.startError { throw error }
+        return loop
     }
 
     deinit {
-        // Only reachable after shutdown: the running thread holds a strong reference.
+        // Only reachable after the thread has exited (it holds a strong reference), or when the
+        // loop never started.
         uvLoop.deallocate()
         wakeup.deallocate()
         turnEnd.deallocate()
-        receiveScratch.deallocate()
+        keepAwake.deallocate()
     }
 
     private final class StartContext {
@@ -157,8 +210,40 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         }
     }
 
+    /// Starts the loop thread; returns the error if it cannot.
+    private func startThread() -> UVError? {
+        wakeup.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        turnEnd.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        keepAwake.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        uv_check_start(turnEnd) { check in
+            guard let check, let data = check.pointee.data else { return }
+            Unmanaged<UVLoop>.fromOpaque(data).takeUnretainedValue().endOfTurn()
+        }
+        // The check handle must not keep the loop alive on its own.
+        uv_unref(handle(turnEnd))
+
+        let started = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+        sem_init(started, 0, 0)
+        defer { sem_destroy(started); started.deallocate() }
+        let context = Unmanaged.passRetained(StartContext(loop: self, started: started))
+        let rc = pthread_create(&loopThread, nil, { raw in
+            let context = Unmanaged<StartContext>.fromOpaque(raw!).takeRetainedValue()
+            context.loop.threadMain(started: context.started)
+            return nil
+        }, context.toOpaque())
+        if rc != 0 {
+            context.release()
+            uv_check_stop(turnEnd)
+            return UVError(code: -rc, context: "UVLoop '\(name)': pthread_create")
+        }
+        threadStarted = true
+        sem_wait(started)
+        return nil
+    }
+
     private func threadMain(started: UnsafeMutablePointer<sem_t>) {
-        threadID = pthread_self()
+        cuv_set_thread_name(name)
+        cuv_set_current_loop(Unmanaged.passUnretained(self).toOpaque())
         sem_post(started)
 
         uv_run(uvLoop, UV_RUN_DEFAULT)
@@ -177,13 +262,16 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
             guard let late else { break }
             for job in late { run(job) }
         }
-        uv_close(UnsafeMutableRawPointer(wakeup).assumingMemoryBound(to: uv_handle_t.self), nil)
-        uv_close(UnsafeMutableRawPointer(turnEnd).assumingMemoryBound(to: uv_handle_t.self), nil)
+        uv_close(handle(wakeup), nil)
+        uv_close(handle(turnEnd), nil)
+        uv_close(handle(keepAwake), nil)
         uv_run(uvLoop, UV_RUN_DEFAULT)
         let rc = uv_loop_close(uvLoop)
         if rc != 0 {
-            writeDiagnostic("UVLoop '\(name)': uv_loop_close: \(UVError(code: rc)); a handle outlived shutdown")
+            logger.error("UVLoop '\(name)': uv_loop_close: \(UVError(code: rc)); a handle outlived shutdown")
         }
+        localStorage.removeAll()
+        cuv_set_current_loop(nil)
         let waiters = queue.withLock { state in
             defer { state.shutdownWaiters.removeAll() }
             return state.shutdownWaiters
@@ -195,13 +283,11 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
 
     /// Whether the calling code runs on this loop's thread (or, after shutdown, is the thread
     /// currently running the loop's late work).
+    ///
+    /// A thread-local slot names the loop a thread serves: set when the loop thread starts,
+    /// cleared when it retires, so a thread can never pass for a loop it does not run.
     public var inLoop: Bool {
-        let me = pthread_self()
-        if pthread_equal(me, threadID) != 0 { return true }
-        guard retired.load(ordering: .acquiring) else { return false }
-        return queue.withLock { state in
-            state.phase == .stopped && state.retiredDrainer.map { pthread_equal($0, me) != 0 } == true
-        }
+        cuv_current_loop() == Unmanaged.passUnretained(self).toOpaque()
     }
 
     /// Traps with a clear message unless called on this loop's thread.
@@ -223,6 +309,8 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
     /// Runs `body` on the loop thread and returns its result.
     ///
     /// - Parameter body: The work to do on the loop thread; its error, if any, is rethrown.
+    /// - Returns: What `body` returns.
+    /// - Throws: What `body` throws.
     public func submit<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
             execute { continuation.resume(with: Result { try body() }) }
@@ -241,6 +329,7 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         serialRole.asUnownedSerialExecutor()
     }
 
+    /// The task executor for `Task(executorPreference:)` and `withTaskExecutorPreference(_:)`.
     public func asUnownedTaskExecutor() -> UnownedTaskExecutor {
         UnownedTaskExecutor(ordinary: self)
     }
@@ -254,95 +343,8 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         preconditionInLoop("code isolated to this loop")
     }
 
-    private enum SubmitAction { case none, startRetiredDrainer }
-
-    private func submit(_ job: Job) {
-        let action: SubmitAction = queue.withLock { state in
-            state.pending.append(job)
-            switch state.phase {
-            case .running, .stopping:
-                if !state.wakeupPending {
-                    state.wakeupPending = true
-                    // Under the lock, so it cannot race with the loop closing `wakeup`.
-                    uv_async_send(wakeup)
-                }
-                return .none
-            case .stopped:
-                if state.retiredDrainerRunning { return .none }
-                state.retiredDrainerRunning = true
-                return .startRetiredDrainer
-            }
-        }
-        if case .startRetiredDrainer = action { startRetiredDrainer() }
-    }
-
-    /// Loop thread: runs everything queued, including what those jobs queue (a task hopping
-    /// between the loop's actor and task roles), for a bounded number of rounds. `wakeupPending`
-    /// stays set meanwhile, so submitters skip `uv_async_send`.
-    private func drain() {
-        for round in 1...Self.drainRounds {
-            let more: Bool = queue.withLock { state in
-                if state.pending.isEmpty {
-                    state.wakeupPending = false
-                    return false
-                }
-                if round == Self.drainRounds {
-                    uv_async_send(wakeup)  // let libuv poll, then come back
-                    return false
-                }
-                swap(&state.pending, &draining)
-                return true
-            }
-            guard more else { return }
-            for job in draining { run(job) }
-            draining.removeAll(keepingCapacity: true)
-        }
-    }
-
-    /// After shutdown: a detached thread runs late jobs until the queue is empty, then exits.
-    /// (Running them inline in `enqueue` would re-enter the Swift runtime, which may call
-    /// `enqueue` while it holds a task's lock.)
-    private func startRetiredDrainer() {
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let rc = pthread_create(&thread, nil, { raw in
-            let loop = Unmanaged<UVLoop>.fromOpaque(raw!).takeRetainedValue()
-            loop.drainRetired()
-            return nil
-        }, context)
-        if rc != 0 {
-            Unmanaged<UVLoop>.fromOpaque(context).release()
-            writeDiagnostic("UVLoop '\(name)': cannot start a thread for work after shutdown (\(rc)); running it inline")
-            drainRetired()
-            return
-        }
-        pthread_detach(thread)
-    }
-
-    private func drainRetired() {
-        queue.withLock { $0.retiredDrainer = pthread_self() }
-        while true {
-            let (jobs, warn): ([Job], Bool) = queue.withLock { state in
-                if state.pending.isEmpty {
-                    state.retiredDrainer = nil
-                    state.retiredDrainerRunning = false
-                    return ([], false)
-                }
-                let warn = !state.warnedAboutLateWork
-                state.warnedAboutLateWork = true
-                defer { state.pending.removeAll() }
-                return (state.pending, warn)
-            }
-            if jobs.isEmpty { return }
-            if warn {
-                writeDiagnostic("UVLoop '\(name)' received work after shutdown(); running it on a thread of its own (its handles are closed)")
-            }
-            for job in jobs { run(job) }
-        }
-    }
-
     @inline(__always)
-    private func run(_ job: Job) {
+    func run(_ job: Job) {
         switch job {
         case .actor(let job):
             job.runSynchronously(on: asUnownedSerialExecutor())
@@ -351,73 +353,6 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         case .closure(let work):
             work()
         }
-    }
-
-    // MARK: Shutdown
-
-    /// Whether ``shutdown()`` has been called.
-    public var isShutDown: Bool {
-        queue.withLock { $0.phase != .running }
-    }
-
-    /// Closes every handle still open on this loop, stops it and joins its thread.
-    ///
-    /// Pending sends on those handles complete with ``UVError/canceled`` and their close callbacks
-    /// run before this returns. Calling it again (or concurrently) waits for the same shutdown and
-    /// returns. It may be called from code running on the loop itself (a loop-bound actor): the
-    /// caller then resumes, after the loop has stopped, as late work (see the type's discussion).
-    public func shutdown() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let (start, finished) = queue.withLock { state -> (Bool, Bool) in
-                if state.phase == .stopped { return (false, true) }
-                state.shutdownWaiters.append(continuation)
-                guard state.phase == .running else { return (false, false) }
-                state.phase = .stopping
-                return (true, false)
-            }
-            if finished { continuation.resume() }
-            if start {
-                submit(.closure { [self] in beginShutdown() })
-            }
-        }
-        let join = queue.withLock { state in
-            defer { state.joined = true }
-            return !state.joined
-        }
-        guard join else { return }
-        if pthread_equal(pthread_self(), thread) != 0 {
-            pthread_detach(thread)  // resumed on the loop thread itself: it cannot join itself
-        } else {
-            pthread_join(thread, nil)
-        }
-    }
-
-    /// Loop thread: close everything and let `uv_run` return.
-    private func beginShutdown() {
-        isShuttingDown = true
-        for resource in Array(resources.values) {
-            resource.closeForShutdown()
-        }
-        uv_stop(uvLoop)
-    }
-
-    // MARK: End of turn (loop thread only)
-
-    /// Runs `work.endOfTurn()` once, after this turn's I/O callbacks (a `uv_check` handle). The
-    /// receive path uses it to hand a whole burst of datagrams to a consumer at once.
-    package func runAtEndOfTurn(_ work: any EndOfTurnWork) {
-        turnEndWork.append(work)
-    }
-
-    private func endOfTurn() {
-        if !turnEndWork.isEmpty {
-            let work = turnEndWork
-            turnEndWork.removeAll(keepingCapacity: true)
-            for item in work { item.endOfTurn() }
-        }
-        // Consumers resumed just now may run on this loop (loop-affine tasks): run them in this
-        // turn rather than after another trip through epoll.
-        drain()
     }
 
     // MARK: Resources (loop thread only)
@@ -430,17 +365,17 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
         resources[ObjectIdentifier(resource)] = nil
     }
 
-    /// Whether an open handle on this loop owns `fd` (libuv itself only notices an fd once its
-    /// watcher has started, so "the same fd adopted twice" is checked here).
-    func ownsDescriptor(_ fd: Int32) -> Bool {
-        resources.values.contains { $0.descriptorIfOpen == fd }
-    }
-
     /// The number of handles open on this loop (loop thread only).
     public var openHandleCount: Int {
         preconditionInLoop("openHandleCount")
         return resources.count
     }
+}
+
+/// A libuv handle pointer of any handle type, for `uv_close` and friends.
+@inline(__always)
+func handle<T>(_ pointer: UnsafeMutablePointer<T>) -> UnsafeMutablePointer<uv_handle_t> {
+    UnsafeMutableRawPointer(pointer).assumingMemoryBound(to: uv_handle_t.self)
 }
 
 /// Work deferred to the end of a loop turn; see ``UVLoop/runAtEndOfTurn(_:)``.
@@ -451,11 +386,22 @@ package protocol EndOfTurnWork: AnyObject {
 /// Something open on a loop that the loop's shutdown must close.
 protocol LoopResource: AnyObject {
     func closeForShutdown()
-    var descriptorIfOpen: Int32? { get }
 }
 
-/// Writes one line to standard error, prefixed "AsyncUDP: ".
-func writeDiagnostic(_ message: String) {
-    var line = Array("AsyncUDP: \(message)\n".utf8)
-    _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+/// The lazily started ``UVLoop/shared``: started again on the next use if it could not start.
+enum SharedLoop {
+    private static let slot = LockedBox<UVLoop?>(nil)
+
+    static func current() -> UVLoop {
+        slot.withLock { loop in
+            if let existing = loop, existing.startError == nil { return existing }
+            let fresh = UVLoop(name: "AsyncUDP.shared")
+            loop = fresh
+            return fresh
+        }
+    }
+
+    static func isShared(_ candidate: UVLoop) -> Bool {
+        slot.withLock { $0 === candidate }
+    }
 }

@@ -19,15 +19,15 @@ struct UDPSocketLifecycleTests {
         // Every datagram was either read by the library or dropped by the kernel.
         try await waitUntil("all datagrams read or dropped by the kernel") {
             let stats = await receiver.statistics
-            return stats.datagramsReceived + (stats.kernelDrops ?? 0) == total
+            return stats.datagramsReceived + (stats.datagramsDroppedByKernel ?? 0) == total
         }
         let stats = await receiver.statistics
-        #expect(stats.kernelDrops != nil)
-        #expect(stats.peakQueued <= limit)
+        #expect(stats.datagramsDroppedByKernel != nil)
+        #expect(stats.peakDatagramsQueued <= limit)
         #expect(stats.datagramsQueued == limit)
         #expect(stats.datagramsDelivered == 0)
-        #expect(stats.datagramsDelivered + stats.droppedByPolicy + stats.datagramsQueued == stats.datagramsReceived)
-        #expect(stats.droppedByPolicy > 0)
+        #expect(stats.datagramsDelivered + stats.datagramsDroppedByPolicy + stats.datagramsQueued == stats.datagramsReceived)
+        #expect(stats.datagramsDroppedByPolicy > 0)
         // The queued ones are the oldest (drop newest): the first datagrams sent.
         let first = try await receive(limit, from: receiver)
         #expect(first.map(sequence(of:)) == Array(first.map(sequence(of:)).sorted()))
@@ -43,11 +43,11 @@ struct UDPSocketLifecycleTests {
         for index in 0..<200 { try await sender.send(payload(index), to: receiver.localAddress) }
         try await waitUntil("all read") {
             let stats = await receiver.statistics
-            return stats.datagramsReceived + (stats.kernelDrops ?? 0) == 200
+            return stats.datagramsReceived + (stats.datagramsDroppedByKernel ?? 0) == 200
         }
         let stats = await receiver.statistics
-        #expect(stats.kernelDrops == 0)
-        #expect(stats.droppedByPolicy == 190)
+        #expect(stats.datagramsDroppedByKernel == 0)
+        #expect(stats.datagramsDroppedByPolicy == 190)
         let kept = try await receive(10, from: receiver).map(sequence(of:))
         #expect(kept == Array(190..<200))
         await receiver.close()
@@ -73,20 +73,19 @@ struct UDPSocketLifecycleTests {
         let all = try await receive(total, from: receiver)
         #expect(all.map(sequence(of:)) == Array(0..<total))
         let stats = await receiver.statistics
-        #expect(stats.droppedByPolicy == 0)
-        #expect(stats.kernelDrops == 0)
-        #expect(stats.peakQueued <= 100)
+        #expect(stats.datagramsDroppedByPolicy == 0)
+        #expect(stats.datagramsDroppedByKernel == 0)
+        #expect(stats.peakDatagramsQueued <= 100)
         #expect(stats.readingPauses >= 1)
         await receiver.close()
         await sender.close()
         await senderLoop.shutdown()
     }
 
-    @Test("cancelling the consuming task ends its loop and stops receiving; the socket still closes")
+    @Test("cancelling the consuming task ends that loop only: the socket keeps receiving and the next loop continues")
     func cancelConsumer() async throws {
         let socket = try await openSocket()
         let sender = try await openSocket()
-        let witness = try await openSocket()
         try await sender.send(Array("one"), to: socket.localAddress)
         let consumer = Task {
             var seen = 0
@@ -96,20 +95,13 @@ struct UDPSocketLifecycleTests {
         try await waitUntil("first delivered") { await socket.statistics.datagramsDelivered == 1 }
         consumer.cancel()
         #expect(try await consumer.value == 1)
-        let before = await socket.statistics.datagramsReceived
-        // If the socket were still receiving, it would read this in the same loop turn as (or
-        // before) the witness's datagram, which is sent second.
-        try await sender.send(Array("ignored"), to: socket.localAddress)
-        try await sender.send(Array("witness"), to: witness.localAddress)
-        #expect(try await receive(1, from: witness).first?.payload == Array("witness"))
-        #expect(await socket.statistics.datagramsReceived == before)
-        // The stream stays finished, and the socket closes cleanly and still sends.
+        // The socket still receives, and a new iteration gets what came after.
+        try await sender.send(Array("two"), to: socket.localAddress)
         var iterator = socket.datagrams.makeAsyncIterator()
-        #expect(try await iterator.next() == nil)
-        try await socket.send(Array("still sends"), to: witness.localAddress)
+        #expect(try await iterator.next()?.payload == Array("two"))
         await socket.close()
-        await #expect(throws: ClosedHandleError.self) { try await socket.send(Array("x"), to: witness.localAddress) }
-        for s in [sender, witness] { await s.close() }
+        await #expect(throws: ClosedHandleError.self) { try await socket.send(Array("x"), to: sender.localAddress) }
+        await sender.close()
     }
 
     @Test("a send cancelled before it is queued throws CancellationError and nothing arrives")
@@ -176,7 +168,7 @@ struct UDPSocketLifecycleTests {
         var errors = client.transientErrors.makeAsyncIterator()
         try await client.send(Array("nobody"))
         #expect(await errors.next() == .connectionRefused)
-        #expect(await client.statistics.transientErrors >= 1)
+        #expect(await client.statistics.transientErrorCount >= 1)
         let server = try await UDPSocket(bindingTo: port)
         try await client.send(Array("later"))
         let got = try #require(try await receive(1, from: server).first)
@@ -219,7 +211,7 @@ struct UDPSocketLifecycleTests {
         #expect(reply == Array("answer"))
         let socket = try #require(captured)
         #expect(await socket.isClosed)
-        #expect(await socket.statistics.kernelDrops == 0, "the kernel's count survives close")
+        #expect(await socket.statistics.datagramsDroppedByKernel == 0, "the kernel's count survives close")
         await server.close()
     }
 

@@ -253,10 +253,10 @@ struct EntryPointPropertyTests {
         // Everything that was accepted arrives, in order (loopback, one sender).
         try await waitUntil("accepted datagrams read or dropped by the kernel") {
             let stats = await receiver.statistics
-            return stats.datagramsReceived + (stats.kernelDrops ?? 0) >= expected.count
+            return stats.datagramsReceived + (stats.datagramsDroppedByKernel ?? 0) >= expected.count
         }
         let stats = await receiver.statistics
-        if stats.kernelDrops == 0 {
+        if stats.datagramsDroppedByKernel == 0 {
             let got = try await receive(expected.count, from: receiver).map(\.payload)
             #expect(got == expected)
         }

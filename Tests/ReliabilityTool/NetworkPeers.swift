@@ -66,8 +66,8 @@ struct Send: AsyncParsableCommand {
         var sendErrors = 0, transient = 0
         for socket in sockets {
             let stats = await socket.statistics
-            sendErrors += stats.sendErrors
-            transient += stats.transientErrors
+            sendErrors += stats.sendErrorCount
+            transient += stats.transientErrorCount
             await socket.close()
         }
         await loop.shutdown()

@@ -60,7 +60,7 @@ struct Soak: AsyncParsableCommand {
                 let rss = residentKiB()
                 if rssAt5 < 0 { rssAt5 = rss }
                 let stats = await receiver.statistics
-                samples.append("t=\(Int(elapsed))s rss=\(rss)KiB received=\(stats.datagramsReceived) delivered=\(stats.datagramsDelivered) dropped=\(stats.droppedByPolicy) kernelDrops=\(stats.kernelDrops ?? -1) queued=\(stats.datagramsQueued)")
+                samples.append("t=\(Int(elapsed))s rss=\(rss)KiB received=\(stats.datagramsReceived) delivered=\(stats.datagramsDelivered) dropped=\(stats.datagramsDroppedByPolicy) kernelDrops=\(stats.datagramsDroppedByKernel ?? -1) queued=\(stats.datagramsQueued)")
                 emit("sample " + samples.last!)
                 next += 5
             }
@@ -74,19 +74,19 @@ struct Soak: AsyncParsableCommand {
         // Let the receiver read what is still in its socket buffer (progress decides, not time).
         var stats = await receiver.statistics
         var quiet = 0
-        while stats.datagramsReceived + (stats.kernelDrops ?? 0) < sent && quiet < 200 {
+        while stats.datagramsReceived + (stats.datagramsDroppedByKernel ?? 0) < sent && quiet < 200 {
             try await Task.sleep(for: .milliseconds(10))
             let now = await receiver.statistics
             quiet = now.datagramsReceived == stats.datagramsReceived ? quiet + 1 : 0
             stats = now
         }
-        let kernel = stats.kernelDrops ?? 0
-        let accounted = stats.datagramsDelivered + stats.droppedByPolicy + kernel + stats.datagramsQueued
+        let kernel = stats.datagramsDroppedByKernel ?? 0
+        let accounted = stats.datagramsDelivered + stats.datagramsDroppedByPolicy + kernel + stats.datagramsQueued
         let backlog = backlogDrops() - backlogBefore
         emit("RESULT seconds=\(Int(seconds)) rssStartKiB=\(rssStart) rss5sKiB=\(rssAt5) rssEndKiB=\(rssEnd) "
              + "sent=\(sent) received=\(stats.datagramsReceived) delivered=\(stats.datagramsDelivered) "
-             + "droppedByPolicy=\(stats.droppedByPolicy) kernelDrops=\(kernel) queued=\(stats.datagramsQueued) "
-             + "peakQueued=\(stats.peakQueued) accounted=\(accounted) unaccounted=\(sent - accounted) "
+             + "droppedByPolicy=\(stats.datagramsDroppedByPolicy) kernelDrops=\(kernel) queued=\(stats.datagramsQueued) "
+             + "peakQueued=\(stats.peakDatagramsQueued) accounted=\(accounted) unaccounted=\(sent - accounted) "
              + "backlogDrops=\(backlog) sendErrors=\(formatCounts(sendErrors))")
         await receiver.close()
         let delivered = try await consumer.value

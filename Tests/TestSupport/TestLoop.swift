@@ -118,3 +118,25 @@ extension Array where Element == UInt8 {
     /// The UTF-8 bytes of `text`.
     public init(_ text: String) { self = Array(text.utf8) }
 }
+
+/// A one-shot signal between loop callbacks and an awaiting test (on the test loop).
+@TestLoop
+public final class Confirmation {
+    private var signalled = false
+    private var waiter: CheckedContinuation<Void, Never>?
+
+    public init() {}
+
+    /// Marks the event as happened and wakes the waiter.
+    public func signal() {
+        signalled = true
+        waiter?.resume()
+        waiter = nil
+    }
+
+    /// Waits until ``signal()`` (at once if it already happened). The suite's time limit bounds it.
+    public func wait() async {
+        if signalled { return }
+        await withCheckedContinuation { waiter = $0 }
+    }
+}

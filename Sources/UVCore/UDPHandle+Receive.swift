@@ -1,0 +1,279 @@
+internal import CLibUV
+internal import CUVShims
+internal import DequeModule
+internal import Glibc
+import Synchronization
+
+// Receiving: start/stop, the poll watcher, and the recvmmsg read loop.
+extension UDPHandle {
+    /// Datagrams read per readable event at most, so one busy socket cannot starve the others
+    /// on its loop (libuv reads up to 32 per event).
+    static let readsPerEvent = 256
+
+    /// Starts receiving; `onReceive` (or the one given to ``init(loop:family:flags:onReceive:)``)
+    /// is called on the loop thread with each datagram or receive error.
+    ///
+    /// Zero-length datagrams are delivered; libuv's "nothing more to read" notice is not.
+    /// Receive errors such as ``UVError/connectionRefused`` (after a send to a closed port on a
+    /// connected handle) are reported and receiving goes on. An unbound handle is first bound to
+    /// the wildcard address of its family (`0.0.0.0` if it has none yet), port 0. Datagrams that
+    /// were already read when ``stopReceiving()`` was called from the callback are delivered
+    /// first.
+    ///
+    /// - Throws: ``UVError/alreadyInProgress`` if already receiving; ``UVError/invalidArgument`` if
+    ///   there is no callback; ``ClosedHandleError``.
+    public func startReceiving(_ onReceive: ReceiveHandler? = nil) throws {
+        try checkOpen("startReceiving")
+        if receiving { throw UVError.alreadyInProgress.with(context: "already receiving") }
+        guard let handler = onReceive ?? self.onReceive else {
+            throw UVError.invalidArgument.with(context: "startReceiving needs a callback")
+        }
+        try bindIfNeeded(nil)
+        try makePollIfNeeded()
+        self.onReceive = handler
+        receiving = true
+        readStarved = false
+        if held.isEmpty {
+            updatePollEvents()
+        } else {
+            deliveringHeld = true
+            loop.executeOnLoop { [self] in deliverHeld() }
+        }
+    }
+
+    /// For the async layer: starts receiving into `receiver` instead of a callback.
+    package func startReceiving(into receiver: any DatagramReceiver) throws {
+        self.receiver = receiver
+        try startReceiving { _, _ in }
+    }
+
+    /// Stops receiving. Harmless when not receiving or closed. Called from the receive callback,
+    /// the datagrams of the current batch that were already read are kept and delivered first
+    /// when receiving starts again.
+    public func stopReceiving() {
+        loop.preconditionInLoop("UDPHandle.stopReceiving")
+        guard receiving else { return }
+        receiving = false
+        updatePollEvents()
+    }
+
+    /// Sets the size of the buffer each datagram is read into.
+    ///
+    /// - Parameter size: 1...65536 bytes. Longer datagrams are delivered truncated.
+    /// - Throws: ``UVError/invalidArgument`` outside that range.
+    public func setMaximumDatagramSize(_ size: Int) throws {
+        loop.preconditionInLoop("UDPHandle.setMaximumDatagramSize")
+        guard (1...IOScratch.chunkSize).contains(size) else {
+            throw UVError.invalidArgument.with(context: "maximum datagram size must be 1...\(IOScratch.chunkSize), not \(size)")
+        }
+        maximumDatagramSize = size
+    }
+
+    /// For the async layer: the receiver has room again after it stopped reading for lack of it.
+    package func receiverHasRoom() {
+        guard readStarved else { return }
+        readStarved = false
+        updatePollEvents()
+    }
+
+    // MARK: The watcher
+
+    func makePollIfNeeded() throws {
+        guard poll == nil else { return }
+        let fd = try requireDescriptor("receive")
+        let watcher = UnsafeMutablePointer<uv_poll_t>.allocate(capacity: 1)
+        let status = uv_poll_init(loop.uvLoop, watcher, fd)
+        if status < 0 {
+            watcher.deallocate()
+            throw UVError(code: status, context: "uv_poll_init(\(fd))")
+        }
+        watcher.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        poll = watcher
+    }
+
+    /// Watches for what is wanted now: readable while receiving (and the receiver has room),
+    /// writable while datagrams are queued.
+    func updatePollEvents() {
+        guard state == .open else { return }
+        var wanted: Int32 = 0
+        if receiving && !readStarved && !deliveringHeld { wanted |= Int32(UV_READABLE.rawValue) }
+        if !sendQueue.isEmpty { wanted |= Int32(UV_WRITABLE.rawValue) }
+        guard wanted != pollEvents else { return }
+        if poll == nil {
+            do {
+                try makePollIfNeeded()
+            } catch {
+                failQueueAndReceiving(error as? UVError ?? .invalidArgument)
+                return
+            }
+        }
+        guard let poll else { return }
+        if wanted == 0 {
+            uv_poll_stop(poll)
+        } else {
+            let status = uv_poll_start(poll, wanted, udpPollCallback)
+            if status < 0 {
+                failQueueAndReceiving(UVError(code: status, context: "uv_poll_start"))
+                return
+            }
+        }
+        pollEvents = wanted
+    }
+
+    /// The watcher could not start: nothing can be read or written.
+    private func failQueueAndReceiving(_ error: UVError) {
+        while let queued = sendQueue.popFirst() { complete(queued, error) }
+        sendPath?.setLoopOwns(false)
+        if receiving {
+            receiving = false
+            deliver(.failure(error), fatal: true)
+        }
+    }
+
+    /// The poll callback.
+    func pollEvent(status: Int32, events: Int32) {
+        callbackDepth += 1
+        defer { callbackDepth -= 1 }
+        if status < 0 {
+            // libuv turns POLLERR into UV_EBADF and stops the watcher. On a UDP socket POLLERR
+            // means a pending socket error: an ICMP error left by an earlier datagram on a
+            // connected socket. Read it (reading SO_ERROR clears it), report it as transient,
+            // and watch again.
+            pollEvents = 0
+            socketErrorPending()
+            updatePollEvents()
+            return
+        }
+        if events & Int32(UV_READABLE.rawValue) != 0 { readBatch() }
+        if events & Int32(UV_WRITABLE.rawValue) != 0, state == .open, !sendQueue.isEmpty { flushQueue() }
+    }
+
+    // MARK: Reading
+
+    /// Reads what the socket holds, up to ``readsPerEvent`` datagrams, `recvmmsg` by
+    /// `recvmmsg`, and delivers each; then ends the batch (the receiver hands it on; sends made
+    /// during it are flushed).
+    func readBatch() {
+        guard let sendPath else { return }
+        let fd = sendPath.fd
+        deliveringBatch = true
+        var read = 0
+        reading: while receiving && state == .open && read < Self.readsPerEvent {
+            var wanted = min(IOScratch.messages, Self.readsPerEvent - read)
+            if let receiver {
+                let budget = receiver.receiveBudget()
+                if budget <= 0 {
+                    readStarved = true
+                    break
+                }
+                wanted = min(wanted, budget)
+            }
+            prepareReceive(wanted)
+            let count = cuv_recvmmsg(fd, scratch.headers, UInt32(wanted))
+            if count < 0 {
+                let code = -count
+                if code == EAGAIN || code == EWOULDBLOCK { break }
+                let error = Syscall.error(code, "recvmmsg")
+                if error.isTransient {
+                    counters.transientErrors.add(1, ordering: .relaxed)
+                    deliver(.failure(error), fatal: false)
+                    read += 1  // errors count against the budget too
+                    continue
+                }
+                receiving = false
+                deliver(.failure(error), fatal: true)
+                break
+            }
+            for index in 0..<Int(count) {
+                let header = scratch.headers[index]
+                let length = Int(header.msg_len)
+                let kept = min(length, maximumDatagramSize)
+                guard let remote = SocketAddress(scratch.name(index).assumingMemoryBound(to: sockaddr.self)) else { continue }
+                let payload = [UInt8](UnsafeRawBufferPointer(start: scratch.chunk(index), count: kept))
+                let truncated = header.msg_hdr.msg_flags & Int32(MSG_TRUNC) != 0 || kept < length
+                let datagram = Datagram(payload: payload, remote: remote, isTruncated: truncated)
+                if receiving && state == .open {
+                    deliver(.success(datagram), fatal: false)
+                } else if state == .open {
+                    held.append(.success(datagram))  // stopped mid-batch: keep it for the restart
+                }
+            }
+            read += Int(count)
+            if Int(count) < wanted { break reading }  // the socket is drained
+        }
+        deliveringBatch = false
+        receiver?.receiveBatchEnded()
+        if flushScheduled { flushQueue() }
+        updatePollEvents()
+    }
+
+    /// Points the first `count` scratch messages at receive chunks of the maximum size.
+    private func prepareReceive(_ count: Int) {
+        for index in 0..<count {
+            let iov = scratch.iovecs + index
+            iov.pointee = iovec(iov_base: scratch.chunk(index), iov_len: maximumDatagramSize)
+            var header = msghdr()
+            header.msg_name = scratch.name(index)
+            header.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            header.msg_iov = iov
+            header.msg_iovlen = 1
+            scratch.headers[index] = cuv_mmsghdr(msg_hdr: header, msg_len: 0)
+        }
+    }
+
+    /// Hands one datagram or error to the receiver or the callback.
+    func deliver(_ result: Result<Datagram, UVError>, fatal: Bool) {
+        if let receiver {
+            switch result {
+            case .success(let datagram): receiver.receive(datagram)
+            case .failure(let error): receiver.receiveFailed(error, fatal: fatal)
+            }
+            return
+        }
+        guard let onReceive else { return }
+        callbackDepth += 1
+        defer { callbackDepth -= 1 }
+        onReceive(self, result)
+    }
+
+    /// Delivers datagrams kept from a batch that was interrupted by ``stopReceiving()``.
+    private func deliverHeld() {
+        deliveringHeld = false
+        callbackDepth += 1
+        while receiving, state == .open, let next = held.popFirst() {
+            deliver(next, fatal: false)
+        }
+        callbackDepth -= 1
+        receiver?.receiveBatchEnded()
+        updatePollEvents()
+    }
+
+    /// Reads and clears the socket's pending error and reports it: never fatal for UDP, where
+    /// such errors belong to earlier datagrams.
+    private func socketErrorPending() {
+        guard let fd = descriptor(),
+              let code = try? Syscall.socketOption(fd, SOL_SOCKET, SO_ERROR, "SO_ERROR"), code != 0 else { return }
+        let error = UVError(code: -code, context: "a datagram sent earlier")
+        counters.transientErrors.add(1, ordering: .relaxed)
+        if receiving {
+            deliver(.failure(error), fatal: false)
+        } else if let transientHandler {
+            transientHandler(error)
+        }
+    }
+
+    /// A transient error found by a send (an earlier datagram's ICMP error): to the async
+    /// layer's handler, or to the receive callback.
+    func reportTransient(_ error: UVError) {
+        if let transientHandler {
+            transientHandler(error)
+        } else if receiving {
+            deliver(.failure(error), fatal: false)
+        }
+    }
+}
+
+let udpPollCallback: uv_poll_cb = { poll, status, events in
+    guard let poll, let data = poll.pointee.data else { return }
+    Unmanaged<UDPHandle>.fromOpaque(data).takeUnretainedValue().pollEvent(status: status, events: events)
+}
