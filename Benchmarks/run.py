@@ -39,6 +39,7 @@ METRICS = [
     ("W1 flood 1200 B", "rate", "datagrams/s received", +1),
     ("W1 flood 1200 B", "loss_pct", "loss %", 0),
     ("W1 flood 1200 B", "cpu_s_per_m", "CPU s per 1M datagrams, both processes", -1),
+    ("W1 flood 64 B", "peak_rss_mib", "receiver's peak RSS MiB", 0),
     ("W2 ping-pong", "p50_us", "p50 µs", -1),
     ("W2 ping-pong", "p99_us", "p99 µs", -1),
     ("W3 windowed echo", "rate", "round trips/s", +1),

@@ -44,10 +44,16 @@ static double cpu_seconds(void) {
   return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
+/* The process's own peak RSS (VmHWM): getrusage's ru_maxrss survives execve, so it would report
+   the parent's (run.py's) peak when that is higher. */
 static long peak_rss_kib(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss;
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long kib = 0;
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "VmHWM: %ld", &kib) == 1) break;
+  if (f) fclose(f);
+  return kib;
 }
 
 static void die(const char *what) {
