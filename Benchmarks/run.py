@@ -165,8 +165,8 @@ def machine():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bin", required=True, help="udp-bench (Swift implementations)")
-    parser.add_argument("--ref", required=True, help="uvbench (libuv C)")
+    parser.add_argument("--bin", help="udp-bench (Swift implementations)")
+    parser.add_argument("--ref", help="uvbench (libuv C)")
     parser.add_argument("--raw", help="rawbench (raw recvmmsg/sendmmsg C); optional")
     parser.add_argument("--rounds", type=int, help="rounds (default 3; 1 with --quick)")
     parser.add_argument("--flood", type=int, default=1_000_000, help="W1 datagrams per run")
@@ -176,10 +176,24 @@ def main():
     parser.add_argument("--impls", default=",".join(i["key"] for i in IMPLS))
     parser.add_argument("--scale", action="store_true", help="also run the loop-group scaling section")
     parser.add_argument("--quick", action="store_true", help="small counts, one round: a smoke test")
-    parser.add_argument("--out", default="RESULTS.md")
-    parser.add_argument("--json", default="results.json")
-    parser.add_argument("--svg", default="results.svg")
+    parser.add_argument("--out", help="the tables (default RESULTS.md; .build/quick-RESULTS.md with --quick)")
+    parser.add_argument("--json", help="the figures (default results.json; .build/quick-results.json with --quick)")
+    parser.add_argument("--svg", help="the chart (default results.svg; .build/quick-results.svg with --quick)")
+    parser.add_argument("--chart-from", metavar="JSON", help="only redraw the chart (--svg) from a results.json")
     args = parser.parse_args()
+    # A smoke test never overwrites the committed results.
+    prefix = ".build/quick-" if args.quick else ""
+    args.out = args.out or prefix + "RESULTS.md"
+    args.json = args.json or prefix + "results.json"
+    args.svg = args.svg or prefix + "results.svg"
+    if args.chart_from:
+        with open(args.chart_from) as f:
+            saved = json.load(f)
+        with open(args.svg, "w") as f:
+            f.write(chart(saved["meta"], list(saved["meta"]["implementations"]), saved["summary"]))
+        return
+    if not (args.bin and args.ref):
+        parser.error("--bin and --ref are required")
     if args.quick:
         args.flood, args.pingpong, args.window, args.sockets = 100_000, 5_000, 30_000, 1_000
     if args.rounds is None:
@@ -420,6 +434,10 @@ def chart(meta, impls, summary):
         tick += step
     out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#888"/>')
     out.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#888"/>')
+    # The 1.0x line under the bars and their labels, so that a label near 1.0 stays readable.
+    ref = y(1.0)
+    out.append(f'<line x1="{left}" y1="{ref:.1f}" x2="{left + plot_w}" y2="{ref:.1f}" stroke="#000" stroke-width="1.5" '
+               'stroke-dasharray="6,4"/>')
     group_w = plot_w / max(len(groups), 1)
     bar_w = min(28, (group_w - 24) / max(len(bars), 1))
     for g, (label, values) in enumerate(groups):
@@ -434,16 +452,13 @@ def chart(meta, impls, summary):
             out.append(f'<rect x="{bx + 1:.1f}" y="{y(v):.1f}" width="{bar_w - 2:.1f}" height="{top + plot_h - y(v):.1f}" '
                        f'fill="{COLORS.get(impl, "#bcbd22")}"><title>{escape(NAMES[impl])}: {v:.2f}x</title></rect>')
             out.append(f'<text x="{bx + bar_w / 2:.1f}" y="{y(v) - 4:.1f}" font-size="9" text-anchor="middle" '
-                       f'fill="#222">{v:.2f}</text>')
+                       f'fill="#222" stroke="white" stroke-width="3" paint-order="stroke">{v:.2f}</text>')
         words = label.split(" (")
         out.append(f'<text x="{gx + group_w / 2:.1f}" y="{top + plot_h + 20}" font-size="12" text-anchor="middle" '
                    f'font-weight="bold">{escape(words[0])}</text>')
         if len(words) > 1:
             out.append(f'<text x="{gx + group_w / 2:.1f}" y="{top + plot_h + 36}" font-size="11" text-anchor="middle" '
                        f'fill="#444">({escape(words[1])}</text>')
-    ref = y(1.0)
-    out.append(f'<line x1="{left}" y1="{ref:.1f}" x2="{left + plot_w}" y2="{ref:.1f}" stroke="#000" stroke-width="1.5" '
-               'stroke-dasharray="6,4"/>')
     lx, ly = left + plot_w + 20, top + 10
     out.append(f'<text x="{lx}" y="{ly}" font-size="12" font-weight="bold">Implementation</text>')
     for b, impl in enumerate(bars):
