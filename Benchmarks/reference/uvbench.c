@@ -1,18 +1,25 @@
 /*
- * uvbench: the raw libuv C reference and the load generator for AsyncUDP's benchmarks.
+ * uvbench: the libuv C reference of AsyncUDP's benchmarks (implementation "c"): both ends of
+ * every workload, written as a libuv 1.44 user would. Every socket reads with recvmmsg
+ * (UV_UDP_RECVMMSG, a 20 x 64 KiB receive buffer) and replies with uv_udp_send from inside its
+ * receive callback (libuv sends the first reply at once and the rest of the burst in sendmmsg
+ * batches of up to 20).
  *
- * Reference implementations (what AsyncUDP is compared against), idiomatic libuv 1.44:
- *   uvbench serve                 echo server on 127.0.0.1:0; prints "ready PORT"; on stdin EOF
- *                                 prints a JSON line with its CPU seconds and exits
- *   uvbench sink COUNT            receiver on 127.0.0.1:0; prints "ready PORT"; counts datagrams
- *                                 until COUNT arrive or 300 ms pass without one; prints JSON
+ * Servers print "ready PORT" once bound:
+ *   uvbench serve                 echo server on 127.0.0.1:0; on stdin EOF prints
+ *                                 {"cpu": seconds since ready, "peak_rss_kib"} and exits
+ *   uvbench sink COUNT            receiver; counts datagrams until COUNT arrive or 300 ms pass
+ *                                 without one; prints {"received", "seconds", "rate", "cpu", ...}
+ *                                 (rate from the first to the last arrival)
  *   uvbench idle SOCKETS          opens SOCKETS bound handles; prints heap bytes per socket
  *
- * Load generators (the same for every implementation):
- *   uvbench flood PORT COUNT SIZE [FLOWS] sends COUNT datagrams of SIZE bytes as fast as it can,
- *                                         round robin from FLOWS source sockets (default 1)
- *   uvbench pingpong PORT COUNT           one 64-byte datagram in flight; prints p50/p99 µs
- *   uvbench window PORT COUNT WINDOW      WINDOW datagrams in flight; prints round trips/s
+ * Clients print "ready PORT" once bound, then a JSON line with their own CPU seconds:
+ *   uvbench flood PORT COUNT SIZE [FLOWS] sends COUNT datagrams of SIZE bytes as fast as it can
+ *                                 (uv_udp_try_send, uv_udp_send when the kernel would block),
+ *                                 round robin from FLOWS source sockets (default 1)
+ *   uvbench window PORT COUNT WINDOW   keeps WINDOW 64-byte datagrams in flight until COUNT round
+ *                                 trips are done; prints rate and p50/p99 round-trip µs
+ *   uvbench pingpong PORT COUNT   the same as window with WINDOW 1
  *
  * Built by Benchmarks/run.sh with the system compiler: cc -O2 uvbench.c -luv
  */
@@ -26,7 +33,8 @@
 #include <unistd.h>
 
 static uv_loop_t *loop;
-static char recv_slab[65536];
+/* recvmmsg needs one 64 KiB chunk per message: libuv reads up to 20 at a time. */
+static char recv_slab[20 * 65536];
 
 static double now_seconds(void) {
   struct timespec ts;
@@ -40,10 +48,16 @@ static double cpu_seconds(void) {
   return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
+/* The process's own peak RSS (VmHWM): getrusage's ru_maxrss survives execve, so it would report
+   the parent's (run.py's) peak when that is higher. */
 static long peak_rss_kib(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss;
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long kib = 0;
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "VmHWM: %ld", &kib) == 1) break;
+  if (f) fclose(f);
+  return kib;
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -74,14 +88,11 @@ static void echo_sent(uv_udp_send_t *req, int status) { (void)status; free(req);
 static void echo_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struct sockaddr *addr, unsigned flags) {
   (void)flags;
   if (nread < 0 || addr == NULL) return;
-  uv_buf_t out = uv_buf_init(buf->base, (unsigned)nread);
-  /* Try-send first, queue when the kernel would block or libuv has a queue: as AsyncUDP does. */
-  int r = uv_udp_try_send(h, &out, 1, addr);
-  if (r >= 0) return;
+  /* The receive buffer is reused by the next read: copy the reply into the request. */
   echo_req *req = malloc(sizeof *req + (size_t)nread);
   memcpy(req->data, buf->base, (size_t)nread);
-  out = uv_buf_init(req->data, (unsigned)nread);
-  uv_udp_send(&req->req, h, &out, 1, addr, echo_sent);
+  uv_buf_t out = uv_buf_init(req->data, (unsigned)nread);
+  if (uv_udp_send(&req->req, h, &out, 1, addr, echo_sent) < 0) free(req);
 }
 
 static uv_udp_t server;
@@ -105,8 +116,15 @@ static void watch_stdin(void) {
   uv_read_start((uv_stream_t *)&stdin_pipe, stdin_alloc, stdin_read);
 }
 
+static void init_receiver(uv_udp_t *h) {
+  uv_udp_init_ex(loop, h, AF_INET | UV_UDP_RECVMMSG);
+  bind_loopback(h, 0);
+  int size = 4 << 20;
+  uv_recv_buffer_size((uv_handle_t *)h, &size);
+}
+
 static int cmd_serve(void) {
-  uv_udp_init(loop, &server);
+  init_receiver(&server);
   bind_loopback(&server, 0);
   uv_udp_recv_start(&server, alloc_cb, echo_recv);
   watch_stdin();
@@ -119,13 +137,13 @@ static int cmd_serve(void) {
 /* ---- sink ----------------------------------------------------------------------------- */
 
 static long sink_expected, sink_count;
-static double sink_first, sink_last;
+static double sink_first, sink_last, sink_cpu_at_ready;
 static uv_timer_t idle_timer;
 
 static void sink_done(void) {
   double span = sink_last - sink_first;
-  printf("{\"received\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"peak_rss_kib\": %ld}\n", sink_count, span,
-         span > 0 ? (sink_count - 1) / span : 0.0, peak_rss_kib());
+  printf("{\"received\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"cpu\": %.6f, \"peak_rss_kib\": %ld}\n", sink_count,
+         span, span > 0 ? (sink_count - 1) / span : 0.0, cpu_seconds() - sink_cpu_at_ready, peak_rss_kib());
   fflush(stdout);
   uv_close((uv_handle_t *)&server, NULL);
   uv_close((uv_handle_t *)&idle_timer, NULL);
@@ -147,13 +165,11 @@ static void sink_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const str
 
 static int cmd_sink(long count) {
   sink_expected = count;
-  uv_udp_init(loop, &server);
-  bind_loopback(&server, 0);
-  int size = 4 << 20;
-  uv_recv_buffer_size((uv_handle_t *)&server, &size);
+  init_receiver(&server);
   uv_udp_recv_start(&server, alloc_cb, sink_recv);
   uv_timer_init(loop, &idle_timer);
   uv_timer_start(&idle_timer, sink_idle, 50, 50);
+  sink_cpu_at_ready = cpu_seconds();
   printf("ready %d\n", local_port(&server));
   fflush(stdout);
   return uv_run(loop, UV_RUN_DEFAULT);
@@ -180,29 +196,30 @@ static int cmd_idle(long sockets) {
   return 0;
 }
 
-/* ---- load generators ------------------------------------------------------------------ */
+/* ---- clients -------------------------------------------------------------------------- */
 
 static struct sockaddr_in target;
 static uv_udp_t client;
 static long gen_count, gen_sent, gen_done, gen_lost, gen_measured;
 static double *rtt;
-static double start_time;
+static double start_time, client_cpu_at_start;
 static int gen_window;
 static uv_timer_t gen_timer;
 
+static void announce(uv_udp_t *h) {
+  printf("ready %d\n", local_port(h));
+  fflush(stdout);
+}
+
+/* One 64-byte datagram: its sequence number and its send time (echoed back by the server). */
 static void gen_send_one(void) {
-  char payload[64];
-  memset(payload, 0, sizeof payload);
+  echo_req *req = malloc(sizeof *req + 64);
+  memset(req->data, 0, 64);
   double t = now_seconds();
-  memcpy(payload, &gen_sent, sizeof gen_sent);
-  memcpy(payload + 8, &t, sizeof t);
-  uv_buf_t buf = uv_buf_init(payload, sizeof payload);
-  if (uv_udp_try_send(&client, &buf, 1, (const struct sockaddr *)&target) < 0) {
-    echo_req *req = malloc(sizeof *req + sizeof payload);
-    memcpy(req->data, payload, sizeof payload);
-    buf = uv_buf_init(req->data, sizeof payload);
-    uv_udp_send(&req->req, &client, &buf, 1, (const struct sockaddr *)&target, echo_sent);
-  }
+  memcpy(req->data, &gen_sent, sizeof gen_sent);
+  memcpy(req->data + 8, &t, sizeof t);
+  uv_buf_t buf = uv_buf_init(req->data, 64);
+  if (uv_udp_send(&req->req, &client, &buf, 1, (const struct sockaddr *)&target, echo_sent) < 0) free(req);
   gen_sent++;
 }
 
@@ -213,13 +230,15 @@ static int cmp_double(const void *a, const void *b) {
 
 static void gen_finish(void) {
   double elapsed = now_seconds() - start_time;
-  if (rtt) {
+  double p50 = 0, p99 = 0;
+  if (gen_measured > 0) {
     qsort(rtt, (size_t)gen_measured, sizeof *rtt, cmp_double);
-    printf("{\"round_trips\": %ld, \"lost\": %ld, \"seconds\": %.6f, \"p50_us\": %.2f, \"p99_us\": %.2f, \"rate\": %.1f}\n", gen_done, gen_lost,
-           elapsed, rtt[gen_measured / 2] * 1e6, rtt[(long)(gen_measured * 0.99)] * 1e6, gen_done / elapsed);
-  } else {
-    printf("{\"round_trips\": %ld, \"lost\": %ld, \"seconds\": %.6f, \"rate\": %.1f}\n", gen_done, gen_lost, elapsed, gen_done / elapsed);
+    p50 = rtt[gen_measured / 2] * 1e6;
+    p99 = rtt[(long)(gen_measured * 0.99)] * 1e6;
   }
+  printf("{\"round_trips\": %ld, \"lost\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"p50_us\": %.2f, \"p99_us\": %.2f, "
+         "\"cpu\": %.6f}\n", gen_done, gen_lost, elapsed, (gen_done - gen_lost) / elapsed, p50, p99,
+         cpu_seconds() - client_cpu_at_start);
   fflush(stdout);
   uv_close((uv_handle_t *)&client, NULL);
   uv_close((uv_handle_t *)&gen_timer, NULL);
@@ -249,23 +268,24 @@ static void gen_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const stru
   double sent_at;
   memcpy(&sent_at, buf->base + 8, sizeof sent_at);
   double now = now_seconds();
-  if (rtt) rtt[gen_measured++] = now - sent_at;
+  if (gen_measured < gen_count) rtt[gen_measured++] = now - sent_at;
   gen_done++;
   last_progress = last_answer = now;
   if (gen_done >= gen_count) { gen_finish(); return; }
   while (gen_sent < gen_count && gen_sent - gen_done < gen_window) gen_send_one();
 }
 
-static int cmd_generate(int port, long count, int window, int record) {
+static int cmd_window(int port, long count, int window) {
   uv_ip4_addr("127.0.0.1", port, &target);
   gen_count = count;
   gen_window = window;
-  if (record) rtt = calloc((size_t)count, sizeof *rtt);
-  uv_udp_init(loop, &client);
-  bind_loopback(&client, 0);
+  rtt = calloc((size_t)count, sizeof *rtt);
+  init_receiver(&client);
   uv_udp_recv_start(&client, alloc_cb, gen_recv);
   uv_timer_init(loop, &gen_timer);
   uv_timer_start(&gen_timer, gen_watchdog, 100, 100);
+  announce(&client);
+  client_cpu_at_start = cpu_seconds();
   start_time = last_progress = last_answer = now_seconds();
   for (int i = 0; i < window && gen_sent < count; i++) gen_send_one();
   return uv_run(loop, UV_RUN_DEFAULT);
@@ -280,16 +300,27 @@ static int cmd_flood(int port, long count, int size, int flows) {
     uv_udp_init(loop, &clients[i]);
     bind_loopback(&clients[i], 0);
   }
+  announce(&clients[0]);
   char *payload = calloc(1, (size_t)size);
   uv_buf_t buf = uv_buf_init(payload, (unsigned)size);
-  double t0 = now_seconds();
+  double cpu0 = cpu_seconds(), t0 = now_seconds();
   long sent = 0;
   while (sent < count) {
-    int r = uv_udp_try_send(&clients[sent % flows], &buf, 1, (const struct sockaddr *)&to);
-    if (r >= 0) sent++;
+    uv_udp_t *h = &clients[sent % flows];
+    int r = uv_udp_try_send(h, &buf, 1, (const struct sockaddr *)&to);
+    if (r == UV_EAGAIN) {
+      /* The kernel would block: queue it, and let the loop send it when the socket is writable
+         (uv_run returns once the queue is empty, the handle being idle again). */
+      echo_req *req = malloc(sizeof *req);
+      r = uv_udp_send(&req->req, h, &buf, 1, (const struct sockaddr *)&to, echo_sent);
+      if (r == 0) uv_run(loop, UV_RUN_DEFAULT);
+    }
+    if (r < 0) { fprintf(stderr, "uvbench flood: %s\n", uv_strerror(r)); return 1; }
+    sent++;
   }
   double elapsed = now_seconds() - t0;
-  printf("{\"sent\": %ld, \"seconds\": %.6f, \"rate\": %.1f}\n", sent, elapsed, sent / elapsed);
+  printf("{\"sent\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"cpu\": %.6f}\n", sent, elapsed, sent / elapsed,
+         cpu_seconds() - cpu0);
   return 0;
 }
 
@@ -299,8 +330,8 @@ int main(int argc, char **argv) {
   if (argc >= 3 && strcmp(argv[1], "sink") == 0) return cmd_sink(atol(argv[2]));
   if (argc >= 3 && strcmp(argv[1], "idle") == 0) return cmd_idle(atol(argv[2]));
   if (argc >= 5 && strcmp(argv[1], "flood") == 0) return cmd_flood(atoi(argv[2]), atol(argv[3]), atoi(argv[4]), argc >= 6 ? atoi(argv[5]) : 1);
-  if (argc >= 4 && strcmp(argv[1], "pingpong") == 0) return cmd_generate(atoi(argv[2]), atol(argv[3]), 1, 1);
-  if (argc >= 5 && strcmp(argv[1], "window") == 0) return cmd_generate(atoi(argv[2]), atol(argv[3]), atoi(argv[4]), 0);
+  if (argc >= 4 && strcmp(argv[1], "pingpong") == 0) return cmd_window(atoi(argv[2]), atol(argv[3]), 1);
+  if (argc >= 5 && strcmp(argv[1], "window") == 0) return cmd_window(atoi(argv[2]), atol(argv[3]), atoi(argv[4]));
   fprintf(stderr, "usage: uvbench serve | sink COUNT | idle SOCKETS | flood PORT COUNT SIZE [FLOWS] | pingpong PORT COUNT | window PORT COUNT WINDOW\n");
   return 2;
 }
