@@ -44,11 +44,9 @@ enum Implementation: String, CaseIterable {
     case nioHandler = "nio-handler"
     /// SwiftNIO `NIOAsyncChannel`: `for try await` over `inbound`, `await outbound.write`.
     case nioAsync = "nio-async"
-    // Planned: `case batch`, AsyncUDP's batch API (issue 11: `receive(upTo:)` returning
-    // `[Datagram]`, and `send(contentsOf:)`), in a `Task.detached` like `async`. It does not exist
-    // yet; until it does, `probe batch` exits 3 and run.py leaves it out. When it lands: add the
-    // case and its serve/sink/flood/window functions (the shape of `serveAsync` and friends, with
-    // one `receive(upTo: 64)` and one `send(contentsOf:)` per batch).
+    /// `UDPSocket`'s batch API in a `Task.detached`: `receive(upTo:)` takes what is queued in
+    /// one call, `send(contentsOf:)` hands many datagrams to the kernel with `sendmmsg`.
+    case batch
 }
 
 let receiveBufferSize = 4 << 20
@@ -318,6 +316,70 @@ func windowAsync(affine: Bool, port: Int, count: Int, window: Int) async throws 
             if let payload = trips.next() {
                 try await udp.send(payload, to: server)
             }
+        }
+    }
+}
+
+// MARK: - AsyncUDP batch API (batch)
+
+func serveBatch() async throws {
+    let loop = UVLoop(name: "bench")
+    let udp = try await boundSocket(loop: loop)
+    exitOnStdinEOF(cpuAtReady: cpuSeconds())
+    emit("ready \(udp.localAddress.port)")
+    try await runConsumer(affine: false, loop: loop) {
+        while true {
+            // Each received datagram goes back to its sender: `remote` is the destination.
+            try await udp.send(contentsOf: udp.receive(upTo: 64))
+        }
+    }
+}
+
+func sinkBatch(count: Int) async throws {
+    let loop = UVLoop(name: "bench")
+    let udp = try await boundSocket(loop: loop, receiveQueueLimit: 4096)
+    let counter = SinkCounter(expected: count)
+    counter.watchIdle()
+    emit("ready \(udp.localAddress.port)")
+    try await runConsumer(affine: false, loop: loop) {
+        while true { counter.note(try await udp.receive(upTo: 256).count) }
+    }
+}
+
+func floodBatch(port: Int, count: Int, size: Int) async throws {
+    let loop = UVLoop(name: "bench")
+    let udp = try await boundSocket(loop: loop)
+    let target = loopback(port)
+    emit("ready \(udp.localAddress.port)")
+    try await runConsumer(affine: false, loop: loop) {
+        let batch = [Datagram](repeating: Datagram(payload: [UInt8](repeating: 0, count: size), remote: target), count: 64)
+        let cpu0 = cpuSeconds(), t0 = monotonic()
+        var sent = 0
+        while sent < count {
+            let n = min(64, count - sent)
+            try await udp.send(contentsOf: batch.prefix(n))
+            sent += n
+        }
+        reportFlood(sent: count, startTime: t0, cpuAtStart: cpu0)
+    }
+}
+
+func windowBatch(port: Int, count: Int, window: Int) async throws {
+    let loop = UVLoop(name: "bench")
+    let udp = try await boundSocket(loop: loop)
+    let server = loopback(port)
+    let trips = RoundTrips(count: count, window: window)
+    emit("ready \(udp.localAddress.port)")
+    try await runConsumer(affine: false, loop: loop) {
+        trips.start()
+        try await udp.send(contentsOf: (0..<trips.window).map { _ in Datagram(payload: trips.next()!, remote: server) })
+        while true {
+            var next: [Datagram] = []
+            for reply in try await udp.receive(upTo: 64) {
+                trips.received(reply.payload)
+                if let payload = trips.next() { next.append(Datagram(payload: payload, remote: server)) }
+            }
+            try await udp.send(contentsOf: next)
         }
     }
 }
@@ -700,7 +762,7 @@ func idle(_ impl: Implementation, sockets: Int) async throws {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     func open() async throws {
         switch impl {
-        case .async, .affine: keep.append(try await UDPSocket(bindingTo: loopback(0), loop: loop))
+        case .async, .affine, .batch: keep.append(try await UDPSocket(bindingTo: loopback(0), loop: loop))
         case .callback: _ = try await callbackHandle(loop: loop) { _, _ in }
         case .nioHandler, .nioAsync:
             keep.append(try await nioBootstrap(group).channelInitializer { $0.eventLoop.makeSucceededVoidFuture() }
@@ -735,11 +797,13 @@ func run(_ mode: String, _ impl: Implementation) async throws {
     case ("idle", _): try await idle(impl, sockets: integer(3))
 
     case ("serve", .async), ("serve", .affine): try await serveAsync(affine: impl == .affine)
+    case ("serve", .batch): try await serveBatch()
     case ("serve", .callback): try await serveCallback()
     case ("serve", .nioHandler): try await serveNIOHandler()
     case ("serve", .nioAsync): try await serveNIOAsync()
 
     case ("sink", .async), ("sink", .affine): try await sinkAsync(affine: impl == .affine, count: integer(3))
+    case ("sink", .batch): try await sinkBatch(count: integer(3))
     case ("sink", .callback): try await sinkCallback(count: integer(3))
     case ("sink", .nioHandler): try await sinkNIOHandler(count: integer(3))
     case ("sink", .nioAsync): try await sinkNIOAsync(count: integer(3))
@@ -748,6 +812,7 @@ func run(_ mode: String, _ impl: Implementation) async throws {
         let (port, count, size) = (integer(3), integer(4), integer(5))
         switch impl {
         case .async, .affine: try await floodAsync(affine: impl == .affine, port: port, count: count, size: size)
+        case .batch: try await floodBatch(port: port, count: count, size: size)
         case .callback: try await floodCallback(port: port, count: count, size: size)
         case .nioHandler: try await floodNIOHandler(port: port, count: count, size: size)
         case .nioAsync: try await floodNIOAsync(port: port, count: count, size: size)
@@ -758,6 +823,7 @@ func run(_ mode: String, _ impl: Implementation) async throws {
         let window = mode == "pingpong" ? 1 : integer(5)
         switch impl {
         case .async, .affine: try await windowAsync(affine: impl == .affine, port: port, count: count, window: window)
+        case .batch: try await windowBatch(port: port, count: count, window: window)
         case .callback: try await windowCallback(port: port, count: count, window: window)
         case .nioHandler: try await windowNIOHandler(port: port, count: count, window: window)
         case .nioAsync: try await windowNIOAsync(port: port, count: count, window: window)
