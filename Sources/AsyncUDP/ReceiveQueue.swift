@@ -20,8 +20,8 @@ import UVCore
 /// identity holds exactly at every moment.
 final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
     // Safe to share: `shared` is only touched under `lock`; members marked "loop thread" are
-    // only touched on the loop thread (the handle's callbacks and loop jobs); `delivered` and
-    // `consumers` are atomics.
+    // only touched on the loop thread (the handle's callbacks and loop jobs); the counters and
+    // `consumers` are atomics; `sendPath` is written once before the queue is shared.
 
     /// The most datagrams one iteration of `datagrams` takes into its private batch.
     static let batchLimit = 128
@@ -50,7 +50,12 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
         var peakQueued = 0
         /// `.pauseReading`: reading stopped for lack of room, and nobody asked to resume yet.
         var readingPaused = false
+        /// Who reads the socket right now: the loop (a read batch) or a consumer on another
+        /// thread (a direct read). One at a time, so datagrams keep their order.
+        var reader = Reader.none
     }
+
+    enum Reader { case none, loop, consumer }
 
     let loop: UVLoop
     let limit: Int
@@ -63,12 +68,18 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
     /// so that datagrams spread across them.
     private let consumers = Atomic<Int>(0)
 
+    /// Datagrams read (by the loop, or directly by a consumer), their bytes, the truncated ones.
+    let received = Atomic<Int>(0)
+    let bytesReceived = Atomic<Int>(0)
+    let truncated = Atomic<Int>(0)
+    /// The socket's send machine, also used for direct reads. Set once, on the loop, while the
+    /// socket opens (before any consumer can see the queue).
+    var sendPath: SendPath?
+    let maximumDatagramSize: Int
+
     // Loop thread.
     private var arrivals: [Datagram] = []
     weak var handle: UDPHandle?
-    var received = 0
-    var bytesReceived = 0
-    var truncated = 0
     var droppedByPolicy = 0
     var readingPauses = 0
     /// The kernel's drop count, read just before the socket closed.
@@ -79,6 +90,7 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
         self.loop = loop
         self.limit = configuration.receiveQueueLimit
         self.policy = configuration.overflowPolicy
+        self.maximumDatagramSize = configuration.maximumDatagramSize
         self.transient = transient
         arrivals.reserveCapacity(32)
     }
@@ -103,10 +115,27 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
     }
 
     func receive(_ datagram: Datagram) {
-        received += 1
-        bytesReceived += datagram.payload.count
-        if datagram.isTruncated { truncated += 1 }
+        countReceived(datagram)
         arrivals.append(datagram)
+    }
+
+    @inline(__always)
+    private func countReceived(_ datagram: Datagram) {
+        received.add(1, ordering: .relaxed)
+        bytesReceived.add(datagram.payload.count, ordering: .relaxed)
+        if datagram.isTruncated { truncated.add(1, ordering: .relaxed) }
+    }
+
+    func beginLoopRead() -> Bool {
+        lock.withLock {
+            if shared.reader == .consumer { return false }
+            shared.reader = .loop
+            return true
+        }
+    }
+
+    func endLoopRead() {
+        lock.withLock { shared.reader = .none }
     }
 
     func receiveFailed(_ error: UVError, fatal: Bool) {
@@ -182,12 +211,15 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
         case taken
         case end(End)
         case wait
+        /// The queue is empty and nobody reads: this consumer (off the loop, alone) reads the
+        /// socket itself.
+        case readDirectly
     }
 
     /// Under the lock: takes up to `count` datagrams into `into`, or reports the end, or that
     /// the caller must wait. Asks the loop to resume reading when the queue fell to the low
     /// watermark.
-    private func takeLocked(_ count: Int, into batch: inout [Datagram], resume: inout Bool) -> Take {
+    private func takeLocked(_ count: Int, into batch: inout [Datagram], resume: inout Bool, mayReadDirectly: Bool = false) -> Take {
         if !shared.buffer.isEmpty {
             let n = min(count, shared.buffer.count)
             if n == shared.buffer.count {
@@ -203,6 +235,10 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
             return .taken
         }
         if let end = shared.end { return .end(end) }
+        if mayReadDirectly && shared.reader == .none && !shared.readingPaused {
+            shared.reader = .consumer
+            return .readDirectly
+        }
         return .wait
     }
 
@@ -218,16 +254,51 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
         consumers.add(1, ordering: .relaxed)
         defer { consumers.subtract(1, ordering: .relaxed) }
         var batch: [Datagram] = []
+        var pulled = false
+        // Off the loop, a lone consumer reads the socket itself when the queue is empty: no
+        // thread handoff while datagrams keep coming.
+        var mayReadDirectly = sendPath != nil && !loop.inLoop && consumers.load(ordering: .relaxed) == 1
         while true {
             var resume = false
-            let outcome = lock.withLock { takeLocked(count, into: &batch, resume: &resume) }
+            let outcome = lock.withLock { takeLocked(count, into: &batch, resume: &resume, mayReadDirectly: mayReadDirectly) }
             if resume { loop.execute { [self] in resumeReading() } }
             switch outcome {
             case .taken: return batch
             case .end(.closed): return nil
             case .end(.failed(let error)): throw error
-            case .wait: try await waitForDatagrams()
+            case .readDirectly:
+                if let direct = readDirectly(upTo: count) { return direct }
+                mayReadDirectly = false  // nothing there: wait for the loop's next read
+            case .wait:
+                // A consumer on the loop thread reads the socket itself rather than wait for
+                // the next poll: datagrams that are there are taken at once.
+                if !pulled, loop.inLoop, let handle, handle.readNow() {
+                    pulled = true
+                    continue
+                }
+                try await waitForDatagrams()
             }
+        }
+    }
+
+    /// A consumer's read from its own thread, holding the reading turn. Returns the datagrams,
+    /// or `nil` when there were none (the caller waits for the loop).
+    private func readDirectly(upTo count: Int) -> [Datagram]? {
+        let result = sendPath?.receiveDirect(maxCount: count, maximumDatagramSize: maximumDatagramSize) ?? .closed
+        lock.withLock { shared.reader = .none }
+        switch result {
+        case .datagrams(let datagrams):
+            for datagram in datagrams { countReceived(datagram) }
+            return datagrams
+        case .wouldBlock, .closed:
+            return nil
+        case .transient(let error):
+            transient.publish(error)
+            return nil
+        case .failed(let error):
+            finish(.failed(error))
+            loop.execute { [self] in handle?.stopReceiving() }
+            return nil
         }
     }
 
@@ -273,7 +344,9 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
     /// Counts datagrams handed to user code.
     @inline(__always)
     func noteDelivered(_ count: Int = 1) {
-        delivered.add(count, ordering: .relaxed)
+        // Releasing: whoever reads `delivered` (acquiring) also sees these datagrams counted
+        // as received.
+        delivered.add(count, ordering: .releasing)
     }
 
     /// How many datagrams an iteration of `datagrams` should take at once: a whole batch for a

@@ -130,6 +130,7 @@ public actor UDPSocket {
                     throw UVError.badFileDescriptor.with(context: "the socket was not created")
                 }
                 queue.handle = handle
+                queue.sendPath = sendPath
                 handle.transientHandler = { transient.publish($0) }
                 try handle.startReceiving(into: queue)
                 handle.addWillCloseObserver {
@@ -189,12 +190,14 @@ public actor UDPSocket {
     public var statistics: Statistics {
         var stats = Statistics()
         let counters = sendPath.counters
-        stats.datagramsReceived = queue.received
-        stats.bytesReceived = queue.bytesReceived
-        stats.datagramsTruncated = queue.truncated
+        // Delivered first: a datagram is counted received before it can be delivered, so the
+        // difference below never goes negative.
+        stats.datagramsDelivered = queue.delivered.load(ordering: .acquiring)
+        stats.datagramsReceived = queue.received.load(ordering: .acquiring)
+        stats.bytesReceived = queue.bytesReceived.load(ordering: .relaxed)
+        stats.datagramsTruncated = queue.truncated.load(ordering: .relaxed)
         stats.datagramsDroppedByPolicy = queue.droppedByPolicy
         stats.readingPauses = queue.readingPauses
-        stats.datagramsDelivered = queue.delivered.load(ordering: .relaxed)
         stats.datagramsQueued = stats.datagramsReceived - stats.datagramsDelivered - stats.datagramsDroppedByPolicy
         stats.peakDatagramsQueued = queue.queueDepth.peak
         stats.transientErrorCount = counters.transientErrors.load(ordering: .relaxed)

@@ -22,6 +22,8 @@ package final class SocketCounters: Sendable {
     package let sendErrors = Atomic<Int>(0)
     /// Transient errors: an earlier datagram's ICMP error, or `ENOBUFS`, from sends and receives.
     package let transientErrors = Atomic<Int>(0)
+    /// Datagrams read from the socket.
+    package let datagramsRead = Atomic<Int>(0)
 
     package init() {}
 }
@@ -190,7 +192,21 @@ package final class SendPath: Sendable {
         }
     }
 
-    /// A direct send is done. If it was the last one in flight after close began, it hands the
+    /// A task off the loop asks to read now (reads do not wait behind queued sends). True: go
+    /// ahead, then call ``leave()``.
+    @inline(__always)
+    package func enterForReading() -> Bool {
+        var state = gate.load(ordering: .relaxed)
+        while true {
+            if state & Self.closedBit != 0 { return false }
+            let (exchanged, original) = gate.weakCompareExchange(
+                expected: state, desired: state + 1, successOrdering: .acquiring, failureOrdering: .relaxed)
+            if exchanged { return true }
+            state = original
+        }
+    }
+
+    /// A direct send or read is done. If it was the last one in flight after close began, it hands the
     /// close back to the loop.
     @inline(__always)
     package func leave() {

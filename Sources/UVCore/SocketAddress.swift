@@ -1,4 +1,5 @@
-package import CLibUV
+internal import CLibUV
+internal import CUVShims
 internal import Glibc
 
 /// An IP address family.
@@ -335,7 +336,7 @@ extension SocketAddress {
     /// Writes this address as a `sockaddr_in` or `sockaddr_in6` at `target` (room for a
     /// `sockaddr_storage`); returns its length.
     @inline(__always)
-    package func write(to target: UnsafeMutableRawPointer) -> socklen_t {
+    func write(to target: UnsafeMutableRawPointer) -> socklen_t {
         switch storage {
         case .v4(let address, let port):
             var sin = sockaddr_in()
@@ -360,7 +361,7 @@ extension SocketAddress {
     }
 
     /// Calls `body` with this address as a C `sockaddr` and its length.
-    package func withSockAddr<R, E: Error>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(E) -> R) throws(E) -> R {
+    func withSockAddr<R, E: Error>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(E) -> R) throws(E) -> R {
         switch storage {
         case .v4(let address, let port):
             var sin = sockaddr_in()

@@ -150,11 +150,27 @@ extension UDPHandle {
 
     // MARK: Reading
 
+    /// For the async layer, on the loop thread: a consumer found the queue empty; read what the
+    /// socket holds now instead of waiting for the next poll (no trip through epoll and no
+    /// wakeup when datagrams are already there).
+    ///
+    /// - Returns: Whether anything was read.
+    package func readNow() -> Bool {
+        guard state == .open, receiving, !readStarved, !deliveringBatch, !deliveringHeld, sendPath != nil else { return false }
+        let before = counters.datagramsRead.load(ordering: .relaxed)
+        callbackDepth += 1
+        readBatch()
+        callbackDepth -= 1
+        return counters.datagramsRead.load(ordering: .relaxed) != before
+    }
+
     /// Reads what the socket holds, up to ``readsPerEvent`` datagrams, `recvmmsg` by
     /// `recvmmsg`, and delivers each; then ends the batch (the receiver hands it on; sends made
     /// during it are flushed).
     func readBatch() {
         guard let sendPath else { return }
+        if let receiver, !receiver.beginLoopRead() { return }
+        defer { receiver?.endLoopRead() }
         let fd = sendPath.fd
         deliveringBatch = true
         var read = 0
@@ -199,6 +215,7 @@ extension UDPHandle {
                 }
             }
             read += Int(count)
+            counters.datagramsRead.add(Int(count), ordering: .relaxed)
             if Int(count) < wanted { break reading }  // the socket is drained
         }
         deliveringBatch = false

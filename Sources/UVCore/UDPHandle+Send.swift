@@ -73,7 +73,7 @@ extension UDPHandle {
         try checkOpen("trySend")
         try prepareSend(to: address, size: bytes.count)
         guard sendQueue.isEmpty else { throw UVError.wouldBlock.with(context: "trySend: sends are queued") }
-        let attempt = bytes.withUnsafeBytes { sendNow($0, to: address) }
+        let attempt = bytes.withUnsafeBytes { sendNow($0, to: address, evenDuringBatch: true) }
         switch attempt {
         case .sent?: return bytes.count
         case .failed(let error)?: throw error.with(context: "trySend")
@@ -182,8 +182,11 @@ extension UDPHandle {
     /// Sends one prepared datagram now, from the caller's bytes. Returns `nil` without trying
     /// when it must queue (see ``canSendNow``). Counts the outcome and publishes an earlier
     /// datagram's error.
-    package func sendNow(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?) -> SendAttempt? {
-        guard canSendNow, let sendPath else { return nil }
+    ///
+    /// - Parameter evenDuringBatch: Send now even while a read batch is delivered (`trySend`:
+    ///   "now or not at all"), as long as nothing is queued.
+    package func sendNow(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?, evenDuringBatch: Bool = false) -> SendAttempt? {
+        guard sendQueue.isEmpty, state == .open, evenDuringBatch || !deliveringBatch, let sendPath else { return nil }
         var name = sockaddr_storage()
         var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
         var message = msghdr()

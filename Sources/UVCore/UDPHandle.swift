@@ -278,4 +278,9 @@ package protocol DatagramReceiver: AnyObject {
     func receiveFailed(_ error: UVError, fatal: Bool)
     /// The end of one read batch: hand what arrived to consumers.
     func receiveBatchEnded()
+    /// The loop is about to read: false if a consumer is reading the socket itself right now
+    /// (the loop then skips this read; the consumer gets the datagrams).
+    func beginLoopRead() -> Bool
+    /// The loop's read batch (and ``receiveBatchEnded()``) is done.
+    func endLoopRead()
 }
