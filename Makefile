@@ -1,5 +1,6 @@
 # AsyncUDP: `make demo` runs the main example, `make test` runs the tests.
-# Both first install libuv1-dev and pkg-config when they are missing (with sudo when not root).
+# Both first install libuv1-dev, pkg-config and dnsmasq-base when they are missing (with sudo when
+# not root; see .ci/install-deps).
 SWIFT ?= swift
 
 .PHONY: deps build demo test test-tsan bench clean
