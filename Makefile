@@ -1,8 +1,9 @@
 # AsyncUDP: `make demo` runs the main example, `make test` runs the tests.
-# Both first install libuv1-dev and pkg-config when they are missing (with sudo when not root).
+# Both first install libuv1-dev, pkg-config and dnsmasq-base when they are missing (with sudo when
+# not root; see .ci/install-deps).
 SWIFT ?= swift
 
-.PHONY: deps build demo test test-tsan bench clean
+.PHONY: deps build demo test test-release test-tsan bench clean
 
 deps:
 	@.ci/install-deps
@@ -16,6 +17,10 @@ demo: deps
 test: deps
 	$(SWIFT) test --disable-xctest
 
+# The suite built with optimisation: races and ordering bugs often hide in debug builds.
+test-release: deps
+	$(SWIFT) test -c release --disable-xctest --scratch-path .build-release
+
 test-tsan: deps
 	$(SWIFT) test --disable-xctest --sanitize=thread --scratch-path .build-tsan
 
@@ -23,7 +28,7 @@ bench: deps
 	cd Benchmarks && ./run.sh
 
 clean:
-	rm -rf .build .build-tsan .build-asan .build-soak .build-leaks Benchmarks/.build
+	rm -rf .build .build-release .build-tsan .build-asan .build-soak .build-leaks Benchmarks/.build
 
 # Reliability (issue 6): AddressSanitizer suite, leak check, soak.
 .PHONY: test-asan check-leaks soak

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-@Suite("multicast-chat", .timeLimit(.minutes(1)))
+@Suite("multicast-chat", .timeLimit(.minutes(2)))
 struct MulticastChatTests {
     @Test("two multicast-chat instances exchange lines over 127.0.0.1, then leave on SIGINT")
     func twoInstancesChat() async throws {
@@ -40,18 +40,18 @@ struct MulticastChatTests {
     }
 
     /// Types `line` into `speaker` until `pattern` shows up in `listener`'s output: the first
-    /// datagrams after a join can race the membership, so the line is repeated (at most for
-    /// ten seconds).
+    /// datagrams after a join can race the membership, so the line is repeated every 300 ms
+    /// (for at most `childWait`, the bound every other wait here has).
     private func say(_ line: String, by speaker: ExampleProcess, until pattern: String,
                      in listener: ExampleProcess) async throws {
-        let deadline = ContinuousClock.now + .seconds(10)
+        let deadline = ContinuousClock.now + childWait
         while true {
             speaker.write(line + "\n")
             do {
                 try await listener.waitFor(pattern, in: .stdout, timeout: .milliseconds(300))
                 return
             } catch let timeout as ProcessTimeout {
-                if ContinuousClock.now >= deadline { throw timeout }
+                if listener.hasFinished || speaker.hasFinished || ContinuousClock.now >= deadline { throw timeout }
             }
         }
     }

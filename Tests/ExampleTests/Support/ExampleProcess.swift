@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import Testing
 
 /// Where `swift build` / `swift test` put the example binaries: the directory of the test
@@ -26,6 +27,13 @@ func isInstalled(_ program: String) -> Bool {
     }
 }
 
+/// How long a test waits, by default, for a child to print what it expects or to exit. It is
+/// the one bound that fails a test, with the output so far; it is far above what the slowest
+/// build needs (the AddressSanitizer build with the whole suite running beside it on 2 busy
+/// cores) and below the suites' time limit. Peers never give up before it: they wait for an
+/// explicit end (see `pythonPeerPrelude`) or `peerDeadlineSeconds`.
+let childWait: Duration = .seconds(60)
+
 enum OutputStream: Sendable { case stdout, stderr }
 
 struct ProcessTimeout: Error, CustomStringConvertible {
@@ -33,40 +41,38 @@ struct ProcessTimeout: Error, CustomStringConvertible {
 }
 
 /// A child process with piped standard input, output and error, for tests: output is collected
-/// as it arrives, every wait has a deadline, and `terminate()` (call it in a `defer`) always
-/// ends the process.
+/// as it arrives by a thread of its own, every wait has a bound and fails with the output so
+/// far, and `terminate()` (call it in a `defer`) always ends the process.
 ///
-/// `@unchecked Sendable`: the mutable output buffers are only touched under `lock`; `process`
-/// and the pipes are set up in `init` and then only used through their thread-safe methods.
+/// `@unchecked Sendable`: the output lives in `state` (locked); the input descriptor is only
+/// used under `inputLock`.
 final class ExampleProcess: @unchecked Sendable {
     let name: String
-    private let process = Process()
-    private let input = Pipe()
-    private let output = Pipe()
-    private let errors = Pipe()
-    private let lock = NSLock()
-    private var collected: [OutputStream: Data] = [.stdout: Data(), .stderr: Data()]
+    private let state: ChildState
+    private let inputLock = NSLock()
+    private var inputFD: Int32
 
-    /// Starts `executable` with `arguments`.
-    init(executable: URL, arguments: [String]) throws {
-        name = executable.lastPathComponent
-        process.executableURL = executable
-        process.arguments = arguments
-        process.standardInput = input
-        process.standardOutput = output
-        process.standardError = errors
-        for (pipe, stream) in [(output, OutputStream.stdout), (errors, .stderr)] {
-            pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-                let data = handle.availableData
-                guard let self else { return }
-                if data.isEmpty {
-                    handle.readabilityHandler = nil
-                    return
-                }
-                self.lock.withLock { self.collected[stream]!.append(data) }
-            }
+    /// Starts `executable` with `arguments`; `name` (the file name by default) is what
+    /// failure messages call it.
+    init(executable: URL, arguments: [String], name: String? = nil) throws {
+        self.name = name ?? executable.lastPathComponent
+        let input = try closeOnExecPipe()
+        let output = try closeOnExecPipe()
+        let errors = try closeOnExecPipe()
+        let pid: pid_t
+        do {
+            pid = try spawn(executable.path, [executable.path] + arguments,
+                            stdin: input.read, stdout: output.write, stderr: errors.write)
+        } catch {
+            for fd in [input.read, input.write, output.read, output.write, errors.read, errors.write] { close(fd) }
+            throw error
         }
-        try process.run()
+        // The child's ends belong to the child now.
+        close(input.read)
+        close(output.write)
+        close(errors.write)
+        inputFD = input.write
+        state = ChildState(pid: pid, stdoutFD: output.read, stderrFD: errors.read)
     }
 
     /// Starts the example program `name` (`udp-echo`, `udpcat`, ...).
@@ -76,105 +82,121 @@ final class ExampleProcess: @unchecked Sendable {
 
     /// Starts an external program found on `PATH`.
     convenience init(program: String, _ arguments: [String]) throws {
-        try self.init(executable: URL(fileURLWithPath: "/usr/bin/env"), arguments: [program] + arguments)
+        try self.init(executable: URL(fileURLWithPath: "/usr/bin/env"), arguments: [program] + arguments, name: program)
     }
 
     /// Everything the process has written to `stream` so far.
     func text(_ stream: OutputStream) -> String {
-        lock.withLock { String(decoding: collected[stream]!, as: UTF8.self) }
+        state.snapshot.text(stream)
     }
 
-    /// Writes to the process's standard input.
+    /// Whether the process has exited and all its output has been read.
+    var hasFinished: Bool { state.snapshot.status != nil }
+
+    /// Writes to the process's standard input (nothing happens once it is closed, or if the
+    /// process has stopped reading by exiting).
     func write(_ text: String) {
-        input.fileHandleForWriting.write(Data(text.utf8))
+        inputLock.withLock {
+            var bytes = Array(text.utf8)[...]
+            while inputFD >= 0, !bytes.isEmpty {
+                let count = bytes.withUnsafeBytes { Glibc.write(inputFD, $0.baseAddress, $0.count) }
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    return  // EPIPE: the process is gone; its exit status will say why
+                }
+                bytes = bytes.dropFirst(count)
+            }
+        }
     }
 
-    /// Closes the process's standard input (end of file).
+    /// Closes the process's standard input (end of file). Idempotent.
     func closeInput() {
-        try? input.fileHandleForWriting.close()
+        inputLock.withLock {
+            if inputFD >= 0 { close(inputFD) }
+            inputFD = -1
+        }
     }
 
-    /// Polls `stream` until `pattern` (a regular expression) matches, and returns the match's
-    /// captures (the whole match first). Throws if the deadline passes or the process exits
-    /// first without matching.
-    @discardableResult
-    func waitFor(_ pattern: String, in stream: OutputStream, timeout: Duration = .seconds(10)) async throws -> [String] {
-        let regex = try Regex(pattern)
-        let deadline = ContinuousClock.now + timeout
+    /// Waits until `check` returns a value for what the process has printed so far; throws,
+    /// with the output so far, if the process finishes first, if `timeout` passes, or if the
+    /// test is cancelled (its time limit).
+    private func wait<T>(for what: String, timeout: Duration, _ check: (ChildSnapshot) -> T?) async throws -> T {
+        let start = ContinuousClock.now
         while true {
-            if let match = self.text(stream).firstMatch(of: regex) {
-                return match.output.map { $0.substring.map(String.init) ?? "" }
+            // One snapshot for both questions: a status is only set once all output is in, so
+            // "finished without a match" is never a match not read yet.
+            let snapshot = state.snapshot
+            if let value = check(snapshot) { return value }
+            let why: String
+            if let status = snapshot.status {
+                why = "exited (status \(status)) before \(what)"
+            } else if ContinuousClock.now - start >= timeout {
+                why = "still running after \(timeout) without \(what)"
+            } else {
+                do {
+                    // A poll interval, not a synchronisation: the loop re-checks the output.
+                    try await Task.sleep(for: .milliseconds(10))
+                    continue
+                } catch {
+                    why = "test cancelled (time limit?) after \(ContinuousClock.now - start) waiting for \(what)"
+                }
             }
-            guard process.isRunning, ContinuousClock.now < deadline else {
-                throw ProcessTimeout(description: """
-                    \(name): no /\(pattern)/ on \(stream) \(process.isRunning ? "within \(timeout)" : "before it exited")
-                    stdout: \(text(.stdout))
-                    stderr: \(text(.stderr))
-                    """)
-            }
-            try await Task.sleep(for: .milliseconds(10))
+            let last = state.snapshot
+            throw ProcessTimeout(description: "\(name): \(why)\nstdout: \(last.stdout)\nstderr: \(last.stderr)")
         }
     }
 
-    /// Polls `stream` until `pattern` matches at least `count` times.
-    func waitFor(count: Int, of pattern: String, in stream: OutputStream, timeout: Duration = .seconds(10)) async throws {
+    /// Waits until `pattern` (a regular expression) matches `stream`, and returns the match's
+    /// captures (the whole match first). Throws, with the output so far, if the process exits
+    /// first or `timeout` passes.
+    @discardableResult
+    func waitFor(_ pattern: String, in stream: OutputStream, timeout: Duration = childWait) async throws -> [String] {
         let regex = try Regex(pattern)
-        let deadline = ContinuousClock.now + timeout
-        while text(stream).matches(of: regex).count < count {
-            guard process.isRunning, ContinuousClock.now < deadline else {
-                throw ProcessTimeout(description: """
-                    \(name): fewer than \(count) /\(pattern)/ on \(stream)
-                    stdout: \(text(.stdout))
-                    stderr: \(text(.stderr))
-                    """)
+        return try await wait(for: "/\(pattern)/ on \(stream)", timeout: timeout) { snapshot in
+            snapshot.text(stream).firstMatch(of: regex).map { match in
+                match.output.map { $0.substring.map(String.init) ?? "" }
             }
-            try await Task.sleep(for: .milliseconds(10))
         }
     }
 
-    /// Waits for the process to exit and returns its status; throws (after killing it) if it
-    /// is still running at the deadline.
-    func waitForExit(timeout: Duration = .seconds(10)) async throws -> Int32 {
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning {
-            guard ContinuousClock.now < deadline else {
-                terminate()
-                throw ProcessTimeout(description: "\(name) did not exit within \(timeout)\nstdout: \(text(.stdout))\nstderr: \(text(.stderr))")
-            }
-            try await Task.sleep(for: .milliseconds(10))
+    /// Waits until `pattern` matches at least `count` times on `stream`.
+    func waitFor(count: Int, of pattern: String, in stream: OutputStream, timeout: Duration = childWait) async throws {
+        let regex = try Regex(pattern)
+        try await wait(for: "\(count) × /\(pattern)/ on \(stream)", timeout: timeout) { snapshot in
+            snapshot.text(stream).matches(of: regex).count >= count ? () : nil
         }
-        // Let the readability handlers take the last bytes.
-        try await Task.sleep(for: .milliseconds(20))
+    }
+
+    /// Waits for the process to exit (and for the end of its output) and returns its status;
+    /// throws, with the output so far, after killing it, if it is still running at the deadline.
+    func waitForExit(timeout: Duration = childWait) async throws -> Int32 {
+        let status: Int32
+        do {
+            status = try await wait(for: "its exit", timeout: timeout) { $0.status }
+        } catch {
+            terminate()
+            throw error
+        }
         // Under `swift test --sanitize=thread` the examples are built with TSan too: a report
         // on their standard error fails the test that ran them.
         let errors = text(.stderr)
         for sanitizer in ["ThreadSanitizer", "AddressSanitizer", "LeakSanitizer"] where errors.contains("WARNING: \(sanitizer)") || errors.contains("ERROR: \(sanitizer)") {
             Issue.record("\(name) reported a \(sanitizer) problem:\n\(errors)")
         }
-        return process.terminationStatus
+        return status
     }
 
     /// Sends `signal` (SIGINT by default) to the process.
     func interrupt(_ signal: Int32 = SIGINT) {
-        if process.isRunning { kill(process.processIdentifier, signal) }
+        state.signal(signal)
     }
 
-    /// Ends the process if it still runs (SIGKILL), and reaps it. Idempotent.
-    ///
-    /// SIGKILL because a child of the test runner inherits its blocked signal mask (the runner's
-    /// threads block SIGTERM and SIGINT), so Python or socat would not die of SIGTERM. The
-    /// examples handle SIGINT/SIGTERM with a dispatch source, which works all the same; tests
-    /// that check a graceful exit use ``interrupt(_:)`` and ``waitForExit(timeout:)``.
+    /// Ends the process if it still runs (SIGKILL) and closes its input. Idempotent; does not
+    /// wait (the output thread reaps it).
     func terminate() {
-        guard process.isRunning else { return }
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        state.signal(SIGKILL)
+        closeInput()
     }
 
     deinit { terminate() }
-}
-
-/// Runs a Python 3 script (`python3 -c`) with `arguments` and returns it, started.
-func python(_ script: String, _ arguments: [String] = []) throws -> ExampleProcess {
-    try ExampleProcess(program: "python3", ["-c", script] + arguments)
 }

@@ -15,6 +15,12 @@ let reliabilityTool: String = {
     return String(exe[..<slash]) + "/reliability-tool"
 }()
 
+/// How long a test waits, by default, for a child's line or exit. It is the bound that fails
+/// the test (with the output so far), far above what the slowest build needs, and below the
+/// suites' time limits (2 and 3 minutes). When it passes, the child is killed: the test has
+/// given up on it.
+let childWait: Duration = .seconds(90)
+
 /// The outcome of a finished child process.
 struct ChildResult: Sendable, CustomStringConvertible {
     let status: Int32
@@ -72,8 +78,15 @@ private func childEnvironment() -> [String] {
     return environment
 }
 
+/// `pipe2(2)` and `posix_spawn_file_actions_addclosefrom_np(3)` are in glibc (2.34+ for the
+/// second), but Swift's Glibc module does not declare them (they need _GNU_SOURCE).
+private typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>?, Int32) -> Int32
+private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32
+
 /// Starts `arguments[0]` with standard input from /dev/null and standard output and error into
-/// `outputFD` (or /dev/null when it is -1).
+/// `outputFD` (or /dev/null when it is -1). The child gets no other descriptor of this process:
+/// one it inherited by accident (another test's pipe) would keep that pipe from ever reaching
+/// end of file.
 private func spawn(_ arguments: [String], outputFD: Int32) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
@@ -85,6 +98,9 @@ private func spawn(_ arguments: [String], outputFD: Int32) throws -> pid_t {
     } else {
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    }
+    if let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") {
+        _ = unsafeBitCast(symbol, to: AddCloseFrom.self)(&actions, 3)
     }
     let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
     let envp: [UnsafeMutablePointer<CChar>?] = childEnvironment().map { strdup($0) } + [nil]
@@ -101,24 +117,35 @@ private func spawn(_ arguments: [String], outputFD: Int32) throws -> pid_t {
 private let spawnLock = PosixLock()
 
 /// A running child process. A thread of its own reads its output and reaps it, so waiting never
-/// blocks Swift's cooperative threads.
+/// blocks Swift's cooperative threads. Every wait is bounded (`childWait` by default) and ends
+/// early when the test is cancelled; either way the child is killed and the output so far, with
+/// a note saying why, is what the test sees.
 final class Child: @unchecked Sendable {
     // Safe to share: every mutable member is touched only under `lock`.
     private let lock = PosixLock()
     private let pid: pid_t
     private var output: [UInt8] = []
     private var status: Int32?
-    private var lineWaiters: [(String, CheckedContinuation<Bool, Never>)] = []
-    private var exitWaiters: [CheckedContinuation<ChildResult, Never>] = []
+
+    /// What a suspended wait is waiting for.
+    private enum Condition {
+        case line(startingWith: String)
+        case exit
+    }
+    private var waiters: [UInt64: (Condition, CheckedContinuation<Void, Never>)] = [:]
+    /// Waits given up (timeout or cancellation) before they were registered.
+    private var abandoned: Set<UInt64> = []
+    private var nextWaiterID: UInt64 = 0
 
     init(_ arguments: [String]) throws {
         var fds: [Int32] = [-1, -1]
-        // Pipe, close-on-exec and spawn under one lock, so that no other child started here
-        // inherits this pipe (pipe2 is not visible from Swift's Glibc module).
+        // A close-on-exec pipe from the start (pipe2), and spawn under one lock, so that no
+        // other child started here inherits it.
         pid = try spawnLock.withLock {
-            guard pipe(&fds) == 0 else { throw SpawnError(command: arguments[0], code: errno) }
-            _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
-            _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+            guard let pipe2 = dlsym(nil, "pipe2") else { throw SpawnError(command: arguments[0], code: ENOSYS) }
+            guard unsafeBitCast(pipe2, to: Pipe2.self)(&fds, O_CLOEXEC) == 0 else {
+                throw SpawnError(command: arguments[0], code: errno)
+            }
             do {
                 return try spawn(arguments, outputFD: fds[1])
             } catch {
@@ -152,6 +179,22 @@ final class Child: @unchecked Sendable {
         String(decoding: output, as: UTF8.self).split(separator: "\n").contains { $0.hasPrefix(prefix) }
     }
 
+    /// Whether `condition` holds. Call under `lock`.
+    private func holds(_ condition: Condition) -> Bool {
+        switch condition {
+        case .line(let prefix): hasLine(startingWith: prefix)
+        case .exit: status != nil
+        }
+    }
+
+    /// Removes and returns the waiters whose condition holds (all of them once the child has
+    /// been reaped). Call under `lock`.
+    private func readyWaiters() -> [CheckedContinuation<Void, Never>] {
+        let ready = waiters.filter { status != nil || holds($0.value.0) }
+        for id in ready.keys { waiters[id] = nil }
+        return ready.values.map(\.1)
+    }
+
     /// Reader thread: collect output until EOF, then reap the child and wake every waiter.
     private func readUntilExit(fd: Int32) {
         var buffer = [UInt8](repeating: 0, count: 4096)
@@ -159,56 +202,87 @@ final class Child: @unchecked Sendable {
             let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if count < 0 && errno == EINTR { continue }
             if count <= 0 { break }
-            let ready: [CheckedContinuation<Bool, Never>] = lock.withLock {
+            let ready = lock.withLock {
                 output.append(contentsOf: buffer[0..<count])
-                var ready: [CheckedContinuation<Bool, Never>] = []
-                lineWaiters.removeAll { prefix, continuation in
-                    guard hasLine(startingWith: prefix) else { return false }
-                    ready.append(continuation)
-                    return true
-                }
-                return ready
+                return readyWaiters()
             }
-            for continuation in ready { continuation.resume(returning: true) }
+            for continuation in ready { continuation.resume() }
         }
         close(fd)
-        var raw: Int32 = 0
-        while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
-        // Exit status, or 128 + signal number as a shell reports it.
-        let code: Int32 = (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
-        let (lines, exits, result): ([CheckedContinuation<Bool, Never>], [CheckedContinuation<ChildResult, Never>], ChildResult) = lock.withLock {
-            status = code
-            defer { lineWaiters.removeAll(); exitWaiters.removeAll() }
-            return (lineWaiters.map(\.1), exitWaiters, ChildResult(status: code, output: String(decoding: output, as: UTF8.self)))
+        // Wait for the exit without reaping, then reap under the lock, so that `kill` (always
+        // under the lock, and only while `status` is nil) never meets a reused number.
+        var info = siginfo_t()
+        while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) < 0 && errno == EINTR {}
+        let ready = lock.withLock {
+            var raw: Int32 = 0
+            while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
+            // Exit status, or 128 + signal number as a shell reports it.
+            status = (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
+            return readyWaiters()
         }
-        for line in lines { line.resume(returning: false) }
-        for waiter in exits { waiter.resume(returning: result) }
+        for continuation in ready { continuation.resume() }
     }
 
-    /// Waits until the child prints a line starting with `prefix`; false if it exits first.
-    func waitForLine(startingWith prefix: String) async -> Bool {
-        await withCheckedContinuation { continuation in
-            let done: Bool? = lock.withLock {
-                if hasLine(startingWith: prefix) { return true }
-                if status != nil { return false }
-                lineWaiters.append((prefix, continuation))
+    /// Suspends until `condition` holds or the child has been reaped. After `timeout`, or when
+    /// the test is cancelled (its time limit), it gives up: the child is killed and a note
+    /// saying why joins its output.
+    private func suspend(until condition: Condition, timeout: Duration, what: String) async {
+        let id = lock.withLock {
+            nextWaiterID += 1
+            return nextWaiterID
+        }
+        let timer = Task { [self] in
+            do {
+                try await Task.sleep(for: timeout)
+                giveUp(id, because: "no \(what) within \(timeout)")
+            } catch {
+                // Cancelled: the wait ended first.
+            }
+        }
+        defer { timer.cancel() }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now: Bool = lock.withLock {
+                    if holds(condition) || status != nil || abandoned.remove(id) != nil { return true }
+                    waiters[id] = (condition, continuation)
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            giveUp(id, because: "the test was cancelled (time limit?) while it waited for \(what)")
+        }
+    }
+
+    /// Ends the wait `id` (now, or as soon as it registers), and kills the child.
+    private func giveUp(_ id: UInt64, because reason: String) {
+        let waiter: CheckedContinuation<Void, Never>? = lock.withLock {
+            if status == nil {
+                output.append(contentsOf: Array("\n[test] \(reason): killed it (SIGKILL)\n".utf8))
+                _ = kill(pid, SIGKILL)
+            }
+            guard let waiter = waiters.removeValue(forKey: id) else {
+                abandoned.insert(id)
                 return nil
             }
-            if let done { continuation.resume(returning: done) }
+            return waiter.1
         }
+        waiter?.resume()
     }
 
-    /// Waits for the child to exit and returns its status and output.
-    func wait() async -> ChildResult {
-        await withCheckedContinuation { continuation in
-            let result: ChildResult? = lock.withLock {
-                guard let status else {
-                    exitWaiters.append(continuation)
-                    return nil
-                }
-                return ChildResult(status: status, output: String(decoding: output, as: UTF8.self))
-            }
-            if let result { continuation.resume(returning: result) }
+    /// Waits until the child prints a line starting with `prefix`; false if it exits first, or
+    /// if `timeout` passes (then it is killed).
+    func waitForLine(startingWith prefix: String, timeout: Duration = childWait) async -> Bool {
+        await suspend(until: .line(startingWith: prefix), timeout: timeout, what: "line starting with \(prefix)")
+        return lock.withLock { hasLine(startingWith: prefix) }
+    }
+
+    /// Waits for the child to exit and returns its status and output. If it is still running
+    /// after `timeout`, it is killed and the result has status -1 and the output so far.
+    func wait(timeout: Duration = childWait) async -> ChildResult {
+        await suspend(until: .exit, timeout: timeout, what: "exit")
+        return lock.withLock {
+            ChildResult(status: status ?? -1, output: String(decoding: output, as: UTF8.self))
         }
     }
 
@@ -220,9 +294,9 @@ final class Child: @unchecked Sendable {
     }
 }
 
-/// Runs a command to completion and returns its result.
-func run(_ arguments: [String]) async throws -> ChildResult {
-    try await Child(arguments).wait()
+/// Runs a command to completion (at most `timeout`: then it is killed) and returns its result.
+func run(_ arguments: [String], timeout: Duration = childWait) async throws -> ChildResult {
+    try await Child(arguments).wait(timeout: timeout)
 }
 
 /// Runs a command synchronously (setup and cleanup paths), output discarded; returns its exit
