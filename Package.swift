@@ -59,6 +59,7 @@ let package = Package(
         example("udpcat"),
         example("multicast-chat"),
         example("statsd-collector"),
+        example("dns-query"),
         .target(
             name: "TestSupport",
             dependencies: ["AsyncUDP"],
@@ -95,7 +96,7 @@ let package = Package(
         .testTarget(
             name: "ExampleTests",
             // Depending on the examples makes `swift test` build their binaries.
-            dependencies: ["AsyncUDP", "udp-echo", "udpcat", "multicast-chat", "statsd-collector"],
+            dependencies: ["AsyncUDP", "udp-echo", "udpcat", "multicast-chat", "statsd-collector", "dns-query"],
             swiftSettings: strictSettings
         ),
     ]
