@@ -82,6 +82,7 @@ let package = Package(
                 "AsyncUDP", "CLibUV", "TestSupport", "reliability-tool",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
+            exclude: ["BAD-INPUTS.md"],
             swiftSettings: strictSettings
         ),
         .executableTarget(
