@@ -59,6 +59,7 @@ let package = Package(
         example("udpcat"),
         example("multicast-chat"),
         example("statsd-collector"),
+        example("dns-query"),
         .target(
             name: "TestSupport",
             dependencies: ["AsyncUDP"],
@@ -81,6 +82,7 @@ let package = Package(
                 "AsyncUDP", "CLibUV", "TestSupport", "reliability-tool",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
+            exclude: ["BAD-INPUTS.md"],
             swiftSettings: strictSettings
         ),
         .executableTarget(
@@ -95,7 +97,7 @@ let package = Package(
         .testTarget(
             name: "ExampleTests",
             // Depending on the examples makes `swift test` build their binaries.
-            dependencies: ["AsyncUDP", "udp-echo", "udpcat", "multicast-chat", "statsd-collector"],
+            dependencies: ["AsyncUDP", "udp-echo", "udpcat", "multicast-chat", "statsd-collector", "dns-query"],
             swiftSettings: strictSettings
         ),
     ]
