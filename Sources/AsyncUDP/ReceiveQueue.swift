@@ -53,6 +53,15 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
         /// Who reads the socket right now: the loop (a read batch) or a consumer on another
         /// thread (a direct read). One at a time, so datagrams keep their order.
         var reader = Reader.none
+        /// A lone consumer off the loop reads the socket from its own thread whenever the queue
+        /// is empty: the loop, which would only compete with it (and wake for nothing), leaves
+        /// reading to it until it finds the socket empty and waits.
+        var consumerReads = false
+        /// The loop stopped watching for reads because of `consumerReads`.
+        var loopLeftReading = false
+        /// Direct reads so far, and at the loop's last check (to notice a consumer that stopped).
+        var directReads = 0
+        var directReadsAtLastCheck = 0
     }
 
     enum Reader { case none, loop, consumer }
@@ -126,10 +135,28 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
         if datagram.isTruncated { truncated.add(1, ordering: .relaxed) }
     }
 
-    func beginLoopRead() -> Bool {
+    func beginLoopRead() -> LoopReadPermission {
         lock.withLock {
-            if shared.reader == .consumer { return false }
+            if shared.consumerReads {
+                shared.loopLeftReading = true
+                shared.directReadsAtLastCheck = shared.directReads
+                return .leaveToConsumer
+            }
+            if shared.reader == .consumer { return .skip }
             shared.reader = .loop
+            return .read
+        }
+    }
+
+    func loopShouldResumeReading() -> Bool {
+        lock.withLock {
+            // The consumer read since the last check: it is still at it.
+            if shared.consumerReads && shared.directReads != shared.directReadsAtLastCheck {
+                shared.directReadsAtLastCheck = shared.directReads
+                return false
+            }
+            shared.consumerReads = false
+            shared.loopLeftReading = false
             return true
         }
     }
@@ -237,6 +264,8 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
         if let end = shared.end { return .end(end) }
         if mayReadDirectly && shared.reader == .none && !shared.readingPaused {
             shared.reader = .consumer
+            shared.consumerReads = true
+            shared.directReads += 1
             return .readDirectly
         }
         return .wait
@@ -285,7 +314,15 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
     /// or `nil` when there were none (the caller waits for the loop).
     private func readDirectly(upTo count: Int) -> [Datagram]? {
         let result = sendPath?.receiveDirect(maxCount: count, maximumDatagramSize: maximumDatagramSize) ?? .closed
-        lock.withLock { shared.reader = .none }
+        let loopMustWatch: Bool = lock.withLock {
+            shared.reader = .none
+            if case .datagrams = result { return false }
+            // Nothing there: this consumer is about to wait, so the loop must watch again.
+            shared.consumerReads = false
+            defer { shared.loopLeftReading = false }
+            return shared.loopLeftReading
+        }
+        if loopMustWatch { loop.execute { [self] in handle?.resumeLoopReading() } }
         switch result {
         case .datagrams(let datagrams):
             for datagram in datagrams { countReceived(datagram) }

@@ -59,6 +59,10 @@ extension UDPHandle {
             pendingCloseCallbacks += 1
             uv_close(handle(poll), udpPollCloseCallback)
         }
+        if let consumerWatch {
+            pendingCloseCallbacks += 1
+            uv_close(handle(consumerWatch), udpPollCloseCallback)
+        }
         // uv_close closes the socket at once: give up the claim first, so a socket that reuses
         // the number can be claimed.
         if let fd = claimedDescriptor {
@@ -77,6 +81,10 @@ extension UDPHandle {
         if let poll {
             poll.deallocate()
             self.poll = nil
+        }
+        if let consumerWatch {
+            consumerWatch.deallocate()
+            self.consumerWatch = nil
         }
         udp.deallocate()
         cancelQueuedSends()

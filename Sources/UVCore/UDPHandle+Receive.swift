@@ -69,6 +69,37 @@ extension UDPHandle {
         maximumDatagramSize = size
     }
 
+    /// For the async layer: a consumer that read the socket from its own thread found it empty
+    /// and waits; the loop watches for reads again. Loop thread.
+    package func resumeLoopReading() {
+        guard readLeftToConsumer else { return }
+        readLeftToConsumer = false
+        if let consumerWatch { uv_timer_stop(consumerWatch) }
+        updatePollEvents()
+    }
+
+    /// Stops watching for reads while a consumer reads from its own thread, and checks every
+    /// few milliseconds that it still does.
+    private func leaveReadingToConsumer() {
+        readLeftToConsumer = true
+        updatePollEvents()
+        if consumerWatch == nil {
+            let timer = UnsafeMutablePointer<uv_timer_t>.allocate(capacity: 1)
+            uv_timer_init(loop.uvLoop, timer)
+            timer.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+            consumerWatch = timer
+        }
+        if let consumerWatch {
+            uv_timer_start(consumerWatch, udpConsumerWatchCallback, 2, 2)
+        }
+    }
+
+    /// The watch: resume reading on the loop if the consumer stopped reading.
+    func checkConsumerReading() {
+        guard readLeftToConsumer, state == .open else { return }
+        if receiver?.loopShouldResumeReading() ?? true { resumeLoopReading() }
+    }
+
     /// For the async layer: the receiver has room again after it stopped reading for lack of it.
     package func receiverHasRoom() {
         guard readStarved else { return }
@@ -96,7 +127,7 @@ extension UDPHandle {
     func updatePollEvents() {
         guard state == .open else { return }
         var wanted: Int32 = 0
-        if receiving && !readStarved && !deliveringHeld { wanted |= Int32(UV_READABLE.rawValue) }
+        if receiving && !readStarved && !readLeftToConsumer && !deliveringHeld { wanted |= Int32(UV_READABLE.rawValue) }
         if !sendQueue.isEmpty { wanted |= Int32(UV_WRITABLE.rawValue) }
         guard wanted != pollEvents else { return }
         if poll == nil {
@@ -169,7 +200,15 @@ extension UDPHandle {
     /// during it are flushed).
     func readBatch() {
         guard let sendPath else { return }
-        if let receiver, !receiver.beginLoopRead() { return }
+        if let receiver {
+            switch receiver.beginLoopRead() {
+            case .read: break
+            case .skip: return
+            case .leaveToConsumer:
+                leaveReadingToConsumer()
+                return
+            }
+        }
         defer { receiver?.endLoopRead() }
         let fd = sendPath.fd
         deliveringBatch = true
@@ -288,6 +327,11 @@ extension UDPHandle {
             deliver(.failure(error), fatal: false)
         }
     }
+}
+
+let udpConsumerWatchCallback: uv_timer_cb = { timer in
+    guard let timer, let data = timer.pointee.data else { return }
+    Unmanaged<UDPHandle>.fromOpaque(data).takeUnretainedValue().checkConsumerReading()
 }
 
 let udpPollCallback: uv_poll_cb = { poll, status, events in

@@ -75,6 +75,10 @@ public final class UDPHandle {
     package weak var receiver: (any DatagramReceiver)?
     /// Reading stopped because ``receiver`` had no room (`.pauseReading`).
     var readStarved = false
+    /// The loop does not watch for reads: a consumer reads the socket from its own thread.
+    var readLeftToConsumer = false
+    /// While reading is left to a consumer, checks every few milliseconds that it still reads.
+    var consumerWatch: UnsafeMutablePointer<uv_timer_t>?
     /// Datagrams already read when receiving stopped mid-batch; delivered first on restart.
     var held = Deque<Result<Datagram, UVError>>()
     var deliveringHeld = false
@@ -278,9 +282,22 @@ package protocol DatagramReceiver: AnyObject {
     func receiveFailed(_ error: UVError, fatal: Bool)
     /// The end of one read batch: hand what arrived to consumers.
     func receiveBatchEnded()
-    /// The loop is about to read: false if a consumer is reading the socket itself right now
-    /// (the loop then skips this read; the consumer gets the datagrams).
-    func beginLoopRead() -> Bool
+    /// The loop is about to read: may it? A consumer may be reading the socket itself.
+    func beginLoopRead() -> LoopReadPermission
     /// The loop's read batch (and ``receiveBatchEnded()``) is done.
     func endLoopRead()
+    /// Called every few milliseconds while the loop leaves reading to a consumer: true when the
+    /// loop should read again (the consumer stopped coming back).
+    func loopShouldResumeReading() -> Bool
+}
+
+/// Whether the loop may read the socket now.
+package enum LoopReadPermission {
+    /// Read.
+    case read
+    /// Not now: a consumer is in the middle of reading it.
+    case skip
+    /// Stop watching the socket for reads: a consumer reads it from its own thread and will
+    /// ask the loop (``UDPHandle/resumeLoopReading()``) when it needs the loop to watch again.
+    case leaveToConsumer
 }

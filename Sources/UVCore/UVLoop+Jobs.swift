@@ -210,13 +210,23 @@ extension UVLoop {
         }
     }
 
-    /// Loop thread: close everything and let `uv_run` return.
+    /// Loop thread: close everything, and let `uv_run` return once every handle has closed.
+    ///
+    /// A socket with a send or read in flight on another thread closes only when that call
+    /// leaves (it hands the close back to the loop), so the loop keeps running until the last
+    /// resource has unregistered: stopping earlier would strand that close after the loop ended,
+    /// and whoever waits for the socket to close would wait forever.
     private func beginShutdown() {
         isShuttingDown = true
         for resource in Array(resources.values) {
             resource.closeForShutdown()
         }
-        uv_stop(uvLoop)
+        stopIfEverythingClosed()
+    }
+
+    /// Loop thread, during shutdown: stops `uv_run` once no resource is left open.
+    func stopIfEverythingClosed() {
+        if isShuttingDown && resources.isEmpty { uv_stop(uvLoop) }
     }
 }
 

@@ -363,6 +363,7 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
 
     func unregister(_ resource: any LoopResource) {
         resources[ObjectIdentifier(resource)] = nil
+        stopIfEverythingClosed()
     }
 
     /// The number of handles open on this loop (loop thread only).
