@@ -1,4 +1,5 @@
 import AsyncUDP
+import Dispatch
 import Testing
 import TestSupport
 
@@ -373,6 +374,57 @@ struct ReceiveAPITests {
         #expect(sequenceProblem(all.sorted(), expected: 0..<total) == nil, "per consumer: \(mines.map(\.count))")
         try paced.get()
         await sender.close()
+    }
+
+    @Test("a burst that arrives while two consumers wait is shared: the loop that waited first does not keep it all")
+    func burstIsShared() async throws {
+        let loop = UVLoop(name: "burst-shared")
+        let socket = try await openSocket(loop: loop)
+        let sender = try await openSocket()
+        // Everything runs on the socket's loop, so the order is fixed: each fence (a job queued
+        // behind a task) returns once the task has run up to its wait.
+        // A worker that takes a datagram, then stays busy with it (until cancelled)...
+        let busy = Task(executorPreference: loop) {
+            var taken: [Int] = []
+            for try await datagram in socket.datagrams {
+                taken.append(sequence(of: datagram))
+                await waitForCancellation()
+            }
+            return taken
+        }
+        try await loop.submit {}
+        try await loop.submit {}
+        // ...and a second worker that waits beside it.
+        let idle = Task(executorPreference: loop) { try await socket.receive() }
+        try await loop.submit {}
+        try await loop.submit {}
+        // Ten datagrams land while the loop is held, so one read takes them all and wakes both.
+        let gate = DispatchSemaphore(value: 0)
+        let (held, heldSignal) = AsyncStream<Void>.makeStream()
+        loop.execute {
+            heldSignal.yield()
+            gate.wait()
+        }
+        var holding = held.makeAsyncIterator()
+        await holding.next()
+        try await sender.send(contentsOf: (0..<10).map { Datagram(payload: payload($0), remote: socket.localAddress) })
+        gate.signal()
+
+        let second = await outcome { try await result(of: idle, within: 5, "the waiting receive() gets one of the burst").get() }
+        let stats = await socket.statistics
+        busy.cancel()
+        let first = try await result(of: busy, within: 10, "the busy loop ends").get()
+        var rest: [Int] = []
+        while let next = try await socket.receive(timeout: .zero) { rest.append(sequence(of: next)) }
+        await socket.close()
+        await sender.close()
+        await loop.shutdown()
+
+        #expect(first.count == 1)
+        let other = try #require(try? second.get(),
+                                 "the waiting receive() got nothing while \(stats.datagramsQueued) datagrams sat in the busy loop's batch")
+        #expect(stats.datagramsDelivered == 2 && stats.datagramsQueued == 8)
+        #expect(sequenceProblem((first + [sequence(of: other)] + rest).sorted(), expected: 0..<10) == nil)
     }
 
     @Test("receive(upTo:) returns between 1 and maxCount datagrams in arrival order; maxCount below 1 is refused")
