@@ -376,6 +376,39 @@ struct ReceiveAPITests {
         await sender.close()
     }
 
+    @Test("a burst of three datagrams wakes three waiting receive() calls: each returns one")
+    func burstWakesEveryWaiter() async throws {
+        let loop = UVLoop(name: "burst-wakes")
+        let socket = try await openSocket(loop: loop)
+        let sender = try await openSocket()
+        // On the socket's loop, fenced: each task has run up to its wait before the next starts.
+        var waiters: [Task<Datagram, any Error>] = []
+        for _ in 0..<3 {
+            waiters.append(Task(executorPreference: loop) { try await socket.receive() })
+            try await loop.submit {}
+            try await loop.submit {}
+        }
+        // The burst lands while the loop is held, so one read takes it all.
+        let gate = DispatchSemaphore(value: 0)
+        let (held, heldSignal) = AsyncStream<Void>.makeStream()
+        loop.execute {
+            heldSignal.yield()
+            gate.wait()
+        }
+        var holding = held.makeAsyncIterator()
+        await holding.next()
+        try await sender.send(contentsOf: (0..<3).map { Datagram(payload: payload($0), remote: socket.localAddress) })
+        gate.signal()
+        var got: [Int] = []
+        for (index, waiter) in waiters.enumerated() {
+            got.append(sequence(of: try await result(of: waiter, within: 10, "waiting receive() \(index) returns").get()))
+        }
+        #expect(sequenceProblem(got.sorted(), expected: 0..<3) == nil)
+        await socket.close()
+        await sender.close()
+        await loop.shutdown()
+    }
+
     @Test("a burst that arrives while two consumers wait is shared: the loop that waited first does not keep it all")
     func burstIsShared() async throws {
         let loop = UVLoop(name: "burst-shared")
