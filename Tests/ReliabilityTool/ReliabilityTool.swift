@@ -11,7 +11,8 @@ struct ReliabilityTool: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reliability-tool",
         abstract: "Leak check, soak, and network peers for AsyncUDP's reliability tests.",
-        subcommands: [LeakCheck.self, Soak.self, Send.self, Receive.self, MulticastLoop.self, Probe.self, ReuseCrowd.self])
+        subcommands: [LeakCheck.self, Soak.self, Send.self, Receive.self, MulticastLoop.self, Probe.self, ReuseCrowd.self,
+                      Emfile.self, LateWork.self])
 }
 
 /// Writes a line to standard output at once (stdout is a pipe in the tests).
