@@ -246,7 +246,10 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
     /// Under the lock: takes up to `count` datagrams into `into`, or reports the end, or that
     /// the caller must wait. Asks the loop to resume reading when the queue fell to the low
     /// watermark.
-    private func takeLocked(_ count: Int, into batch: inout [Datagram], resume: inout Bool, mayReadDirectly: Bool = false) -> Take {
+    private func takeLocked(_ requested: Int, sharing: Bool, into batch: inout [Datagram], resume: inout Bool, mayReadDirectly: Bool = false) -> Take {
+        // Decided now, not before the wait: a consumer that started waiting alone must not
+        // take a whole burst when others have started waiting beside it since.
+        let count = sharing && consumers.load(ordering: .relaxed) > 1 ? 1 : requested
         if !shared.buffer.isEmpty {
             let n = min(count, shared.buffer.count)
             if n == shared.buffer.count {
@@ -271,14 +274,15 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
         return .wait
     }
 
-    /// Takes up to `count` datagrams (at least one), waiting for them. Cancel-safe: a wait
+    /// Takes up to `count` datagrams (at least one), waiting for them; with `sharing`, only one
+    /// while other consumers take from the queue too. Cancel-safe: a wait
     /// cancelled before datagrams are there takes nothing (a woken consumer always takes, so a
     /// wakeup is never lost).
     ///
     /// - Returns: The datagrams (not yet counted as delivered), or `nil` once the socket is
     ///   closed and the queue empty.
     /// - Throws: `CancellationError`; the fatal receive error that ended receiving.
-    func take(upTo count: Int) async throws -> [Datagram]? {
+    func take(upTo count: Int, sharing: Bool = false) async throws -> [Datagram]? {
         try Task.checkCancellation()
         consumers.add(1, ordering: .relaxed)
         defer { consumers.subtract(1, ordering: .relaxed) }
@@ -289,7 +293,7 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
         var mayReadDirectly = sendPath != nil && !loop.inLoop && consumers.load(ordering: .relaxed) == 1
         while true {
             var resume = false
-            let outcome = lock.withLock { takeLocked(count, into: &batch, resume: &resume, mayReadDirectly: mayReadDirectly) }
+            let outcome = lock.withLock { takeLocked(count, sharing: sharing, into: &batch, resume: &resume, mayReadDirectly: mayReadDirectly) }
             if resume { loop.execute { [self] in resumeReading() } }
             switch outcome {
             case .taken: return batch
@@ -343,7 +347,7 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
     func takeNow(upTo count: Int) -> [Datagram]? {
         var batch: [Datagram] = []
         var resume = false
-        let outcome = lock.withLock { takeLocked(count, into: &batch, resume: &resume) }
+        let outcome = lock.withLock { takeLocked(count, sharing: false, into: &batch, resume: &resume) }
         if resume { loop.execute { [self] in resumeReading() } }
         guard case .taken = outcome else { return nil }
         return batch
@@ -386,11 +390,6 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
         delivered.add(count, ordering: .releasing)
     }
 
-    /// How many datagrams an iteration of `datagrams` should take at once: a whole batch for a
-    /// lone consumer, one at a time when several share the queue.
-    var iterationBatchSize: Int {
-        consumers.load(ordering: .relaxed) > 1 ? 1 : Self.batchLimit
-    }
 
     /// Puts datagrams a consumer took but did not hand out back at the head of the queue, in
     /// order, and wakes a waiter for them.

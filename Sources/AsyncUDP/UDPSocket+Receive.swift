@@ -144,7 +144,7 @@ final class DatagramIterator: @unchecked Sendable {
         batch.removeAll(keepingCapacity: true)
         index = 0
         do {
-            guard let taken = try await queue.take(upTo: queue.iterationBatchSize) else { return nil }
+            guard let taken = try await queue.take(upTo: ReceiveQueue.batchLimit, sharing: true) else { return nil }
             batch = taken
             index = 1
             queue.noteDelivered()

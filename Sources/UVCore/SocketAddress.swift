@@ -219,8 +219,16 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
         // glibc answers with a socket and an ioctl: ENODEV/ENXIO mean "no such interface";
         // anything else (EMFILE, ENFILE, ENOMEM...) means the question could not be asked.
-        let code = errno
+        var code = errno
         if code == 0 || code == ENODEV || code == ENXIO { return .unknown }
+        // glibc 2.36 leaves ENOENT when every socket it tries fails (EMFILE, ...): ask for a
+        // socket ourselves to learn the real reason.
+        let probe = socket(AF_INET, Int32(SOCK_DGRAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        if probe >= 0 {
+            close(probe)
+        } else {
+            code = errno
+        }
         return .lookupFailed(UVError(code: -code, context: "interface lookup of \"\(text)\""))
     }
 

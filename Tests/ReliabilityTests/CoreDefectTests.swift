@@ -405,12 +405,7 @@ struct CoreDefectTests {
         let check = try #require(result.checks["scope-lookup"], "\(result)")
         #expect(!check.detail.contains("no such interface"), "the input is not blamed: \(check.detail)")
         #expect(check.detail.contains("underlyingError="), "\(check.detail)")
-        withKnownIssue("""
-            Sources/UVCore/SocketAddress.swift, UVError.lookUpScope: glibc 2.36's if_nametoindex leaves \
-            errno == ENOENT when every socket() it tries fails with EMFILE, so the error says ENOENT
-            """) {
-            #expect(check.ok, "\(check.detail)")
-        }
+        #expect(check.ok, "\(check.detail)")
     }
 
     @Test("#7 UVLoop.shared.shutdown() is refused: it returns, and the shared loop and its sockets keep working; shutdownIfNotShared() throws sharedLoopShutdown")
