@@ -10,7 +10,7 @@ struct NamespaceNetworkTests {
     /// the receiver has what it wants, then stops the sender.
     func exchange(_ network: PrivateNetwork, _ pair: VethPair, receiver: [String], sender: [String])
         async throws -> (received: ChildResult, sent: ChildResult) {
-        let receiving = try Child(network.tool(in: pair.b, ["receive", "--timeout", "20"] + receiver))
+        let receiving = try Child(network.tool(in: pair.b, ["receive", "--timeout", "90"] + receiver))
         guard await receiving.waitForLine(startingWith: "READY") else {
             let result = await receiving.wait()
             Issue.record("receiver did not start: \(result)")
@@ -57,7 +57,7 @@ struct NamespaceNetworkTests {
             let pair = try network.makeVethPair()
             let member = try Child(network.tool(in: pair.b, [
                 "receive", "--bind", "0.0.0.0:45003", "--join", "239.77.0.2", "--interface", pair.b4,
-                "--count", "21", "--expect-from", pair.a4, "--timeout", "20"]))
+                "--count", "21", "--expect-from", pair.a4, "--timeout", "90"]))
             #expect(await member.waitForLine(startingWith: "READY"))
             let local = try await run(network.tool(in: pair.a, [
                 "multicast-loop", "--group", "239.77.0.2", "--interface", pair.a4, "--port", "45003", "--count", "20"]))
