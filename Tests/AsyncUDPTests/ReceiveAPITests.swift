@@ -82,13 +82,16 @@ struct ReceiveAPITests {
         let socket = try await openSocket()
         let clock = ContinuousClock()
         let start = clock.now
-        let result = try await withDeadline("receive(timeout:) on a silent socket", seconds: 10) {
+        let result = try await withDeadline("receive(timeout:) on a silent socket", seconds: 30) {
             try await socket.receive(timeout: timeout)
         }
         let elapsed = start.duration(to: clock.now)
         #expect(result == nil)
         #expect(elapsed >= timeout, "returned after \(elapsed), before its deadline")
-        #expect(elapsed < timeout + .seconds(2), "returned \(elapsed) after it began")
+        // The bound above is loose on purpose: under a sanitizer, with the whole suite running on
+        // two cores, the timer task can wait a second or two for a thread. A timer that never
+        // fires (or a receive that waits for a datagram) fails it.
+        #expect(elapsed < timeout + .seconds(5), "returned \(elapsed) after it began")
         await socket.close()
     }
 
