@@ -59,6 +59,13 @@ extension UDPSocket {
             queue.noteDelivered()
             return ready
         }
+        if timeout <= .zero {
+            // Nothing queued and no time to wait: answer at once, with no task or timer. A
+            // closed or failed socket throws as receive() does.
+            if queue.hasEnded { return try await receive() }
+            try Task.checkCancellation()
+            return nil
+        }
         return try await withThrowingTaskGroup(of: Datagram?.self) { group in
             group.addTask { try await self.receive() }
             group.addTask {
