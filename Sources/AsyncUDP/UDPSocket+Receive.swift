@@ -48,7 +48,8 @@ extension UDPSocket {
     ///
     /// Cancel-safe, as ``receive()``: when the deadline passes first, this returns `nil` and
     /// takes nothing; a datagram that arrives just after is there for the next receive. Nothing
-    /// is left running when it returns.
+    /// is left running when it returns. A timeout of zero or less answers at once: a queued
+    /// datagram, or `nil`.
     ///
     /// - Parameter timeout: How long to wait (measured with `ContinuousClock`).
     /// - Returns: The next datagram, or `nil` if none came in time.
