@@ -34,7 +34,7 @@ extension UDPSocket {
     /// takes nothing; the next receive gets the next datagram.
     ///
     /// - Returns: The next datagram.
-    /// - Throws: ``ClosedHandleError`` once the socket is closed and its queue is empty; the fatal
+    /// - Throws: `ClosedHandleError` once the socket is closed and its queue is empty; the fatal
     ///   error that ended receiving, if one did; `CancellationError`.
     nonisolated(nonsending) public func receive() async throws -> Datagram {
         guard let datagram = try await queue.take(upTo: 1)?.first else {
@@ -107,7 +107,7 @@ extension UDPSocket {
     ///
     /// - Parameter maxCount: The most datagrams to return; at least 1.
     /// - Returns: Between 1 and `maxCount` datagrams, in arrival order.
-    /// - Throws: ``UVError/invalidArgument`` if `maxCount` is less than 1; as ``receive()``.
+    /// - Throws: `UVError.invalidArgument` if `maxCount` is less than 1; as ``receive()``.
     nonisolated(nonsending) public func receive(upTo maxCount: Int) async throws -> [Datagram] {
         guard maxCount >= 1 else {
             throw UVError.invalidArgument.with(context: "receive(upTo:) needs a count of at least 1, not \(maxCount)")
