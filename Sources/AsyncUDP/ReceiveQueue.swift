@@ -150,6 +150,9 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
 
     func loopShouldResumeReading() -> Bool {
         lock.withLock {
+            // The consumer is inside its read right now (perhaps preempted): let it finish;
+            // watching again meanwhile would only make the loop spin on a readable socket.
+            if shared.reader == .consumer { return false }
             // The consumer read since the last check: it is still at it.
             if shared.consumerReads && shared.directReads != shared.directReadsAtLastCheck {
                 shared.directReadsAtLastCheck = shared.directReads
@@ -265,7 +268,9 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
             return .taken
         }
         if let end = shared.end { return .end(end) }
-        if mayReadDirectly && shared.reader == .none && !shared.readingPaused {
+        // Alone at this moment too: a consumer that started beside it since shares the burst.
+        if mayReadDirectly && shared.reader == .none && !shared.readingPaused
+            && consumers.load(ordering: .relaxed) == 1 {
             shared.reader = .consumer
             shared.consumerReads = true
             shared.directReads += 1
@@ -303,6 +308,7 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
                 if let direct = readDirectly(upTo: count) { return direct }
                 mayReadDirectly = false  // nothing there: wait for the loop's next read
             case .wait:
+                giveReadingBack()
                 // A consumer on the loop thread reads the socket itself rather than wait for
                 // the next poll: datagrams that are there are taken at once.
                 if !pulled, loop.inLoop, let handle, handle.readNow() {
@@ -311,6 +317,24 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
                 }
                 try await waitForDatagrams()
             }
+        }
+    }
+
+    /// A consumer is about to wait (or to read on the loop): if the loop left reading to a
+    /// consumer that reads directly, and none is reading now, the loop watches the socket again
+    /// at once rather than at its next check.
+    private func giveReadingBack() {
+        let mustWatch: Bool = lock.withLock {
+            guard shared.consumerReads, shared.reader != .consumer else { return false }
+            shared.consumerReads = false
+            defer { shared.loopLeftReading = false }
+            return shared.loopLeftReading
+        }
+        guard mustWatch else { return }
+        if loop.inLoop {
+            handle?.resumeLoopReading()
+        } else {
+            loop.execute { [self] in handle?.resumeLoopReading() }
         }
     }
 
