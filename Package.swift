@@ -13,6 +13,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "AsyncUDP", targets: ["AsyncUDP"]),
+        // For test targets: a scripted peer, an impaired link, waits with deadlines.
+        .library(name: "AsyncUDPTesting", targets: ["AsyncUDPTesting"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
@@ -47,6 +49,11 @@ let package = Package(
                 "CLibUV",
                 .product(name: "DequeModule", package: "swift-collections"),
             ],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "AsyncUDPTesting",
+            dependencies: ["AsyncUDP", "UVCore"],
             swiftSettings: strictSettings
         ),
         .target(
@@ -92,6 +99,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Tests/ReliabilityTool",
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "AsyncUDPTestingTests",
+            dependencies: ["AsyncUDP", "AsyncUDPTesting"],
             swiftSettings: strictSettings
         ),
         .testTarget(
