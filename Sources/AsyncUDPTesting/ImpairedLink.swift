@@ -135,12 +135,8 @@ public final class ImpairedLink: Sendable {
         }
 
         while true {
-            // Send what is due; release what was held too long (not counted as reordered).
+            // Send what is due.
             let now = ContinuousClock.now
-            if let first = held.first, first.deadline <= now {
-                for item in held.flatMap(\.copies) { enqueue(item) }
-                held.removeAll()
-            }
             let dueCount = pending.prefix { $0.due <= now }.count
             if dueCount > 0 {
                 let due = pending.prefix(dueCount)
@@ -175,8 +171,19 @@ public final class ImpairedLink: Sendable {
             let batch: [Datagram]
             do {
                 if let wake {
-                    let wait = wake - ContinuousClock.now
-                    guard wait > .zero, let datagram = try await input.receive(timeout: wait) else { continue }
+                    let now = ContinuousClock.now
+                    if let due = pending.first?.due, due <= now { continue }
+                    // Returns at once with a datagram already read (even when the hold has run out),
+                    // so whether a held datagram is overtaken depends on the traffic, not on timing.
+                    guard let datagram = try await input.receive(timeout: max(wake - now, .zero)) else {
+                        // Nothing came: a hold that has run out ends, and its datagrams go on
+                        // unovertaken (not counted as reordered).
+                        if let first = held.first, first.deadline <= ContinuousClock.now {
+                            for item in held.flatMap(\.copies) { enqueue(item) }
+                            held.removeAll()
+                        }
+                        continue
+                    }
                     batch = [datagram]
                 } else {
                     batch = try await input.receive(upTo: 128)

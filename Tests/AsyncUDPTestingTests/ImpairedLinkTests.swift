@@ -8,7 +8,7 @@ import Testing
 @Suite("ImpairedLink", .timeLimit(.minutes(1)))
 struct ImpairedLinkTests {
     static let mixed = Impairments(dropRate: 0.2, duplicateRate: 0.1, reorderRate: 0.1,
-                                   truncateRate: 0.1, truncateLength: 10, reorderHold: .milliseconds(5))
+                                   truncateRate: 0.1, truncateLength: 10, reorderHold: .milliseconds(50))
 
     @Test("a decision depends only on the seed, the direction and the datagram's index")
     func decisionsArePure() {
@@ -29,13 +29,15 @@ struct ImpairedLinkTests {
         #expect(first.decisions.count == 2000)
         #expect(first.decisions == second.decisions)
         #expect(first.counters == second.counters)
-        #expect(first.arrivals == second.arrivals)
+        #expect(first.arrivals.count == second.arrivals.count)
+        let difference = (0..<min(first.arrivals.count, second.arrivals.count)).first { first.arrivals[$0] != second.arrivals[$0] }
+        #expect(difference == nil, "the arrivals differ from index \(difference ?? 0): \(first.arrivals.dropFirst(difference ?? 0).prefix(3).map(sequence)) against \(second.arrivals.dropFirst(difference ?? 0).prefix(3).map(sequence))")
         // Every impairment happened, so the comparison above compared something.
         let counters = first.counters
         #expect(counters.dropped > 0 && counters.duplicated > 0 && counters.reordered > 0 && counters.truncated > 0, "\(counters)")
         let other = try await relay(2000, seed: 2027, impairments: Self.mixed)
         #expect(other.decisions != first.decisions)
-        #expect(other.arrivals != first.arrivals)
+        #expect(other.arrivals != first.arrivals, "another seed, the same arrivals")
     }
 
     /// One impairment at a time, over 10,000 datagrams. The tolerance, ±0.02, is more than four
@@ -138,8 +140,12 @@ struct ImpairedLinkTests {
                     let delays = link.decisions(.clientToServer).map(\.delay)
                     #expect(delays.allSatisfy { $0 >= .zero && $0 <= .milliseconds(200) })
                     #expect(delays.contains { $0 < .milliseconds(50) } && delays.contains { $0 > .milliseconds(150) })
-                    // The arrival order is the order of the drawn delays.
-                    #expect(got == (0..<100).sorted { (delays[$0], $0) < (delays[$1], $1) })
+                    // The arrival order is the order of the drawn delays, except between datagrams
+                    // whose delays differ by less than the time the link took to read the burst.
+                    let inversions = got.indices.flatMap { i in
+                        got.indices[(i + 1)...].filter { delays[got[i]] > delays[got[$0]] + .milliseconds(20) }.map { (got[i], got[$0]) }
+                    }
+                    #expect(inversions.isEmpty, "arrived before datagrams with delays 20 ms shorter: \(inversions.prefix(5))")
                 }
             }
         }
