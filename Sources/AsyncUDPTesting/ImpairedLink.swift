@@ -317,7 +317,8 @@ extension ImpairedLink {
 ///   - seed: The seed of every decision; the same seed and traffic give the same decisions.
 ///   - clientToServer: What happens to datagrams on their way to the server.
 ///   - serverToClient: What happens to datagrams on their way back.
-///   - loop: The loop the link's sockets live on. Default ``UVLoop/shared``.
+///   - loop: The loop the link's sockets live on. Default `UVLoop.shared`.
+///   - isolation: The actor `body` runs on: the caller's, by default.
 ///   - body: The test, with the running link.
 /// - Returns: What `body` returns.
 /// - Throws: ``ImpairmentError`` for bad impairments; what opening a socket or `body` throws.
@@ -370,7 +371,8 @@ public func withImpairedLink<Result>(
 ///   - server: The server to forward to (on loopback).
 ///   - seed: The seed of every decision.
 ///   - impairments: What happens to datagrams in each direction (drawn separately for each).
-///   - loop: The loop the link's sockets live on. Default ``UVLoop/shared``.
+///   - loop: The loop the link's sockets live on. Default `UVLoop.shared`.
+///   - isolation: The actor `body` runs on: the caller's, by default.
 ///   - body: The test, with the running link.
 /// - Returns: What `body` returns.
 /// - Throws: ``ImpairmentError`` for bad impairments; what opening a socket or `body` throws.

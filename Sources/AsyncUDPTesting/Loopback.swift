@@ -7,7 +7,7 @@ extension SocketAddress {
     /// - Parameters:
     ///   - family: `.ipv4` for 127.0.0.1, `.ipv6` for ::1.
     ///   - port: The port; 0 (the default) asks the kernel for an ephemeral one when binding.
-    /// - Throws: ``SocketAddressError`` for a port outside 0...65535.
+    /// - Throws: `SocketAddressError` for a port outside 0...65535.
     public static func loopback(_ family: AddressFamily = .ipv4, port: Int = 0) throws(SocketAddressError) -> SocketAddress {
         try SocketAddress(ip: family == .ipv4 ? "127.0.0.1" : "::1", port: port)
     }
@@ -15,15 +15,15 @@ extension SocketAddress {
 
 /// Opens a socket bound to an ephemeral port on the loopback address of `family`.
 ///
-/// Close it with ``UDPSocket/close()`` when done, or use ``withLoopbackSocket(family:loop:configuration:isolation:_:)``,
+/// Close it with `UDPSocket.close()` when done, or use ``withLoopbackSocket(family:loop:configuration:isolation:_:)``,
 /// which closes it on every exit path.
 ///
 /// - Parameters:
 ///   - family: `.ipv4` for 127.0.0.1, `.ipv6` for ::1.
-///   - loop: The loop the socket lives on. Default ``UVLoop/shared``.
+///   - loop: The loop the socket lives on. Default `UVLoop.shared`.
 ///   - configuration: Receive queue, overflow policy and buffer sizes.
-/// - Returns: The open socket; its ``UDPSocket/localAddress`` has the port the kernel chose.
-/// - Throws: What ``UDPSocket/init(bindingTo:loop:flags:configuration:)`` throws.
+/// - Returns: The open socket; its `UDPSocket.localAddress` has the port the kernel chose.
+/// - Throws: What `UDPSocket.init(bindingTo:loop:flags:configuration:)` throws.
 public func loopbackSocket(family: AddressFamily = .ipv4, loop: UVLoop = .shared,
                            configuration: UDPSocket.Configuration = .init()) async throws -> UDPSocket {
     try await UDPSocket(bindingTo: .loopback(family), loop: loop, configuration: configuration)
@@ -41,8 +41,9 @@ public func loopbackSocket(family: AddressFamily = .ipv4, loop: UVLoop = .shared
 ///
 /// - Parameters:
 ///   - family: `.ipv4` for 127.0.0.1, `.ipv6` for ::1.
-///   - loop: The loop the socket lives on. Default ``UVLoop/shared``.
+///   - loop: The loop the socket lives on. Default `UVLoop.shared`.
 ///   - configuration: Receive queue, overflow policy and buffer sizes.
+///   - isolation: The actor `body` runs on: the caller's, by default.
 ///   - body: Runs with the open socket.
 /// - Returns: What `body` returns.
 /// - Throws: What opening the socket or `body` throws.
@@ -77,13 +78,13 @@ public struct UnexpectedDatagramError: Error, Sendable, Hashable, CustomStringCo
 extension UDPSocket {
     /// Waits for the next datagram, and fails the test by throwing if none comes in time.
     ///
-    /// ``receive(timeout:)`` returns `nil` at its deadline; this throws instead, so
+    /// `receive(timeout:)` returns `nil` at its deadline; this throws instead, so
     /// `try await socket.expectDatagram(within: .seconds(1))` reads as the expectation it is.
-    /// Like ``receive(timeout:)``, it takes nothing when it times out.
+    /// Like `receive(timeout:)`, it takes nothing when it times out.
     ///
     /// - Parameter duration: How long to wait.
     /// - Returns: The datagram.
-    /// - Throws: ``TestTimeoutError`` at the deadline; what ``receive(timeout:)`` throws.
+    /// - Throws: ``TestTimeoutError`` at the deadline; what `receive(timeout:)` throws.
     public nonisolated func expectDatagram(within duration: Duration) async throws -> Datagram {
         guard let datagram = try await receive(timeout: duration) else {
             throw TestTimeoutError(waitingFor: "a datagram at \(localAddress)", after: duration)
@@ -97,7 +98,7 @@ extension UDPSocket {
     /// out would take.
     ///
     /// - Parameter duration: How long to listen.
-    /// - Throws: ``UnexpectedDatagramError`` (the datagram is taken); what ``receive(timeout:)`` throws.
+    /// - Throws: ``UnexpectedDatagramError`` (the datagram is taken); what `receive(timeout:)` throws.
     public nonisolated func expectNoDatagram(within duration: Duration) async throws {
         if let datagram = try await receive(timeout: duration) {
             throw UnexpectedDatagramError(datagram: datagram, receiver: localAddress)

@@ -121,7 +121,7 @@ public final class TestPeer: Sendable {
     /// Sends `payload` from the peer's address to `destination`, outside the script: a stray,
     /// a forged reply, a late reply.
     ///
-    /// - Throws: What ``UDPSocket/send(_:to:)`` throws.
+    /// - Throws: What `UDPSocket.send(_:to:)` throws.
     public func send(_ payload: [UInt8], to destination: SocketAddress) async throws {
         try await socket.send(payload, to: destination)
     }
@@ -304,8 +304,9 @@ extension TestPeer {
 ///
 /// - Parameters:
 ///   - family: `.ipv4` for 127.0.0.1 (default), `.ipv6` for ::1.
-///   - loop: The loop the peer's socket lives on. Default ``UVLoop/shared``.
+///   - loop: The loop the peer's socket lives on. Default `UVLoop.shared`.
 ///   - script: How the peer answers. Default ``TestPeer/Script/echo``.
+///   - isolation: The actor `body` runs on: the caller's, by default.
 ///   - body: The test, with the running peer.
 /// - Returns: What `body` returns.
 /// - Throws: What opening the socket or `body` throws.
