@@ -109,7 +109,8 @@ let package = Package(
         .testTarget(
             name: "ExampleTests",
             // Depending on the examples makes `swift test` build their binaries.
-            dependencies: ["AsyncUDP", "udp-echo", "udpcat", "multicast-chat", "statsd-collector", "dns-query"],
+            dependencies: ["AsyncUDP", "AsyncUDPTesting", "udp-echo", "udpcat", "multicast-chat", "statsd-collector", "dns-query",
+                           .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
     ]
