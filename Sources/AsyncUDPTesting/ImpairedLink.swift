@@ -184,7 +184,10 @@ public final class ImpairedLink: Sendable {
                         }
                         continue
                     }
-                    batch = [datagram]
+                    // And what else is already queued (answered at once, without a timer).
+                    var more = [datagram]
+                    while more.count < 128, let next = try await input.receive(timeout: .zero) { more.append(next) }
+                    batch = more
                 } else {
                     batch = try await input.receive(upTo: 128)
                 }
@@ -321,7 +324,8 @@ extension ImpairedLink {
 ///   - isolation: The actor `body` runs on: the caller's, by default.
 ///   - body: The test, with the running link.
 /// - Returns: What `body` returns.
-/// - Throws: ``ImpairmentError`` for bad impairments; what opening a socket or `body` throws.
+/// - Throws: ``ImpairmentError`` for bad impairments or a server that is not on loopback; what
+///   opening a socket or `body` throws.
 public func withImpairedLink<Result>(
     to server: SocketAddress,
     seed: UInt64 = 0,
@@ -333,6 +337,10 @@ public func withImpairedLink<Result>(
 ) async throws -> Result {
     try clientToServer.validate()
     try serverToClient.validate()
+    // The link's sockets are on loopback: a server anywhere else could not be reached from them.
+    guard server.ip.hasPrefix("127.") || server.ip == "::1" || server.ip.hasPrefix("::ffff:127."), server.port != 0 else {
+        throw ImpairmentError("the server must be on loopback (127.0.0.0/8 or ::1) with a port, not \(server)")
+    }
     // Room for bursts: a test that sends windows of hundreds must not lose any to the queue.
     let configuration = UDPSocket.Configuration(receiveQueueLimit: 16_384, receiveBufferSize: 4 << 20)
     let front = try await loopbackSocket(family: server.family, loop: loop, configuration: configuration)
