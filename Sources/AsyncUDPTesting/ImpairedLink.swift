@@ -326,6 +326,7 @@ extension ImpairedLink {
 /// - Returns: What `body` returns.
 /// - Throws: ``ImpairmentError`` for bad impairments or a server that is not on loopback; what
 ///   opening a socket or `body` throws.
+@discardableResult
 public func withImpairedLink<Result>(
     to server: SocketAddress,
     seed: UInt64 = 0,
@@ -384,6 +385,7 @@ public func withImpairedLink<Result>(
 ///   - body: The test, with the running link.
 /// - Returns: What `body` returns.
 /// - Throws: ``ImpairmentError`` for bad impairments; what opening a socket or `body` throws.
+@discardableResult
 public func withImpairedLink<Result>(
     to server: SocketAddress,
     seed: UInt64 = 0,

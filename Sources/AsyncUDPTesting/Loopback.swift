@@ -47,6 +47,7 @@ public func loopbackSocket(family: AddressFamily = .ipv4, loop: UVLoop = .shared
 ///   - body: Runs with the open socket.
 /// - Returns: What `body` returns.
 /// - Throws: What opening the socket or `body` throws.
+@discardableResult
 public func withLoopbackSocket<Result>(
     family: AddressFamily = .ipv4,
     loop: UVLoop = .shared,

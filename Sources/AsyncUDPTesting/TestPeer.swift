@@ -310,6 +310,7 @@ extension TestPeer {
 ///   - body: The test, with the running peer.
 /// - Returns: What `body` returns.
 /// - Throws: What opening the socket or `body` throws.
+@discardableResult
 public func withTestPeer<Result>(
     _ family: AddressFamily = .ipv4,
     loop: UVLoop = .shared,

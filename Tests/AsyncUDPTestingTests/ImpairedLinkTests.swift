@@ -163,6 +163,9 @@ struct ImpairedLinkTests {
                     #expect(link.clientAddress == client.localAddress)
                     let request = try await peer.expectDatagram(within: .seconds(5))
                     #expect(request.sender != client.localAddress, "the server sees the link, not the client")
+                    // The counters of a direction are published once its datagrams are sent on.
+                    try await link.waitUntilForwarded(.clientToServer, received: 1, within: .seconds(5))
+                    try await link.waitUntilForwarded(.serverToClient, received: 1, within: .seconds(5))
                     let stats = link.statistics
                     #expect(stats.clientToServer.forwarded == 1 && stats.clientToServer.duplicated == 0)
                     #expect(stats.serverToClient.received == 1 && stats.serverToClient.duplicated == 1)
@@ -190,5 +193,21 @@ struct ImpairedLinkTests {
         await #expect(throws: ImpairmentError.self) {
             try await withImpairedLink(to: address) { _ in }
         }
+    }
+
+    @Test("withImpairedLink closes its sockets when its body throws, and passes the error on")
+    func closesOnThrow() async throws {
+        struct Failed: Error {}
+        var address: SocketAddress?
+        try await withTestPeer { peer in
+            await #expect(throws: Failed.self) {
+                try await withImpairedLink(to: peer.address) { link in
+                    address = link.address
+                    throw Failed()
+                }
+            }
+        }
+        // The link's port is free again.
+        try await withUDPSocket(bindingTo: try #require(address)) { _ in }
     }
 }

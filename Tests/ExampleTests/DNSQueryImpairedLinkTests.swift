@@ -36,6 +36,7 @@ struct DNSQueryImpairedLinkTests {
                 #expect(try await query.waitForExit() == 0, "\(query.text(.stderr))")
                 #expect(query.text(.stdout) == "192.0.2.55\n")
                 #expect(query.text(.stderr).contains("within 0.3 s (try 1 of 4)"), "\(query.text(.stderr))")
+                try await link.waitUntilForwarded(.serverToClient, received: 1, within: .seconds(5))
                 let stats = link.statistics
                 #expect(stats.clientToServer.received == 2 && stats.clientToServer.dropped == 1, "\(stats)")
                 #expect(stats.serverToClient.duplicated == 1, "\(stats)")
