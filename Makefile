@@ -3,7 +3,7 @@
 # not root; see .ci/install-deps).
 SWIFT ?= swift
 
-.PHONY: deps build demo test test-release test-tsan bench clean
+.PHONY: deps build demo test test-release test-tsan docs bench clean
 
 deps:
 	@.ci/install-deps
@@ -23,6 +23,13 @@ test-release: deps
 
 test-tsan: deps
 	$(SWIFT) test --disable-xctest --sanitize=thread --scratch-path .build-tsan
+
+# DocC for the library products, as one archive; any warning (a broken symbol link, an
+# undocumented parameter) fails. Output: .build/plugins/Swift-DocC/outputs/.
+DOCC_TARGETS ?= --target UVCore --target AsyncUDP
+docs: deps
+	$(SWIFT) package --disable-sandbox generate-documentation $(DOCC_TARGETS) \
+		--enable-experimental-combined-documentation --warnings-as-errors
 
 bench: deps
 	cd Benchmarks && ./run.sh

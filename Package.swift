@@ -23,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         // Tests only:
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.0"),
+        // Docs only (`make docs`): the `generate-documentation` command.
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],
     targets: [
         .systemLibrary(

@@ -343,6 +343,9 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
         }
     }
 
+    /// Whether receiving has ended (closed or failed); queued datagrams may remain.
+    var hasEnded: Bool { lock.withLock { shared.end != nil } }
+
     /// Takes up to `count` queued datagrams without waiting; `nil` when none is queued.
     func takeNow(upTo count: Int) -> [Datagram]? {
         var batch: [Datagram] = []

@@ -26,7 +26,7 @@ extension UDPSocket {
         public var overflowPolicy: OverflowPolicy
         /// The size of the buffer each datagram is read into, 1...65536. Default 65536, which
         /// holds any UDP datagram; a smaller value truncates longer datagrams (they arrive with
-        /// ``Datagram/isTruncated`` set).
+        /// `Datagram.isTruncated` set).
         public var maximumDatagramSize: Int
         /// If set, the socket's kernel receive buffer (`SO_RCVBUF`; Linux doubles it).
         public var receiveBufferSize: Int?
@@ -67,7 +67,7 @@ extension UDPSocket {
                       sendBufferSize: sendBufferSize)
         }
 
-        /// Throws ``UVError/invalidArgument`` for a setting out of range.
+        /// Throws `UVError.invalidArgument` for a setting out of range.
         func validate() throws {
             guard receiveQueueLimit >= 1 else {
                 throw UVError.invalidArgument.with(context: "receiveQueueLimit must be at least 1, not \(receiveQueueLimit)")

@@ -34,7 +34,7 @@ extension UDPSocket {
     /// takes nothing; the next receive gets the next datagram.
     ///
     /// - Returns: The next datagram.
-    /// - Throws: ``ClosedHandleError`` once the socket is closed and its queue is empty; the fatal
+    /// - Throws: `ClosedHandleError` once the socket is closed and its queue is empty; the fatal
     ///   error that ended receiving, if one did; `CancellationError`.
     nonisolated(nonsending) public func receive() async throws -> Datagram {
         guard let datagram = try await queue.take(upTo: 1)?.first else {
@@ -48,7 +48,8 @@ extension UDPSocket {
     ///
     /// Cancel-safe, as ``receive()``: when the deadline passes first, this returns `nil` and
     /// takes nothing; a datagram that arrives just after is there for the next receive. Nothing
-    /// is left running when it returns.
+    /// is left running when it returns. A timeout of zero or less answers at once: a queued
+    /// datagram, or `nil`.
     ///
     /// - Parameter timeout: How long to wait (measured with `ContinuousClock`).
     /// - Returns: The next datagram, or `nil` if none came in time.
@@ -58,6 +59,13 @@ extension UDPSocket {
         if let ready = queue.takeNow(upTo: 1)?.first {
             queue.noteDelivered()
             return ready
+        }
+        if timeout <= .zero {
+            // Nothing queued and no time to wait: answer at once, with no task or timer. A
+            // closed or failed socket throws as receive() does.
+            if queue.hasEnded { return try await receive() }
+            try Task.checkCancellation()
+            return nil
         }
         return try await withThrowingTaskGroup(of: Datagram?.self) { group in
             group.addTask { try await self.receive() }
@@ -99,7 +107,7 @@ extension UDPSocket {
     ///
     /// - Parameter maxCount: The most datagrams to return; at least 1.
     /// - Returns: Between 1 and `maxCount` datagrams, in arrival order.
-    /// - Throws: ``UVError/invalidArgument`` if `maxCount` is less than 1; as ``receive()``.
+    /// - Throws: `UVError.invalidArgument` if `maxCount` is less than 1; as ``receive()``.
     nonisolated(nonsending) public func receive(upTo maxCount: Int) async throws -> [Datagram] {
         guard maxCount >= 1 else {
             throw UVError.invalidArgument.with(context: "receive(upTo:) needs a count of at least 1, not \(maxCount)")

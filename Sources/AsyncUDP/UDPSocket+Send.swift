@@ -21,25 +21,25 @@ extension UDPSocket {
     ///   - bytes: The payload; empty is a zero-length datagram. At most 65,507 bytes over IPv4
     ///     and 65,527 over IPv6.
     ///   - address: The destination.
-    /// - Throws: ``UVError/messageTooLong``, ``UVError/permissionDenied`` (broadcast without
-    ///   ``setBroadcast(_:)``), ``UVError/addressFamilyNotSupported``, ``UVError/invalidArgument``
-    ///   (port 0), ``UVError/alreadyConnected`` (a connected socket takes no address),
-    ///   ``ClosedHandleError`` (closed before or while queued), `CancellationError`.
+    /// - Throws: `UVError.messageTooLong`, `UVError.permissionDenied` (broadcast without
+    ///   ``setBroadcast(_:)``), `UVError.addressFamilyNotSupported`, `UVError.invalidArgument`
+    ///   (port 0), `UVError.alreadyConnected` (a connected socket takes no address),
+    ///   `ClosedHandleError` (closed before or while queued), `CancellationError`.
     nonisolated(nonsending) public func send(_ bytes: [UInt8], to address: SocketAddress) async throws {
         try await sendDatagram(bytes, to: address)
     }
 
     /// Sends one datagram from any contiguous bytes: `ArraySlice<UInt8>`, Foundation's `Data`,
     /// `String.UTF8View`, ... (no copy when the bytes are contiguous); see
-    /// ``send(_:to:)-(_,SocketAddress)``.
+    /// ``send(_:to:)-([UInt8],SocketAddress)``.
     nonisolated(nonsending) public func send<Bytes: Collection<UInt8>>(_ bytes: Bytes, to address: SocketAddress) async throws {
         try await sendDatagram(bytes, to: address)
     }
 
     /// Sends one datagram made of several buffers, concatenated; see
-    /// ``send(_:to:)-(_,SocketAddress)``.
+    /// ``send(_:to:)-([UInt8],SocketAddress)``.
     ///
-    /// - Throws: As ``send(_:to:)-(_,SocketAddress)``, and ``UVError/invalidArgument`` for an
+    /// - Throws: As ``send(_:to:)-([UInt8],SocketAddress)``, and `UVError.invalidArgument` for an
     ///   empty list (an empty *buffer* is fine).
     nonisolated(nonsending) public func send<Buffers: Collection>(_ buffers: Buffers, to address: SocketAddress) async throws
     where Buffers.Element: Collection<UInt8> {
@@ -47,10 +47,10 @@ extension UDPSocket {
     }
 
     /// Sends one datagram to the peer of a connected socket; see
-    /// ``send(_:to:)-(_,SocketAddress)``.
+    /// ``send(_:to:)-([UInt8],SocketAddress)``.
     ///
-    /// - Throws: ``UVError/destinationAddressRequired`` on an unconnected socket, and as
-    ///   ``send(_:to:)-(_,SocketAddress)``.
+    /// - Throws: `UVError.destinationAddressRequired` on an unconnected socket, and as
+    ///   ``send(_:to:)-([UInt8],SocketAddress)``.
     nonisolated(nonsending) public func send(_ bytes: [UInt8]) async throws {
         try await sendDatagram(bytes, to: nil)
     }
@@ -165,7 +165,7 @@ extension UDPSocket {
 
     // MARK: Batches
 
-    /// Sends many datagrams, each to its own destination (``Datagram/remote``), in as few
+    /// Sends many datagrams, each to its own destination (`Datagram.remote`), in as few
     /// `sendmmsg` system calls as the kernel allows; returns when every one has been taken by the
     /// kernel or has failed.
     ///
@@ -175,7 +175,7 @@ extension UDPSocket {
     ///
     /// - Parameter datagrams: The datagrams; `isTruncated` is ignored.
     /// - Throws: ``BatchSendError`` listing the datagrams that failed, with their index and
-    ///   error, when any did (the others were sent); ``ClosedHandleError`` when the socket is
+    ///   error, when any did (the others were sent); `ClosedHandleError` when the socket is
     ///   closed before they are queued; `CancellationError`.
     nonisolated(nonsending) public func send<Datagrams: Collection<Datagram>>(contentsOf datagrams: Datagrams) async throws {
         try Task.checkCancellation()

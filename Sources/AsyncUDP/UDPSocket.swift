@@ -70,13 +70,13 @@ public actor UDPSocket {
     ///
     /// - Parameters:
     ///   - address: The local address; port 0 picks an ephemeral port (see ``localAddress``).
-    ///   - loop: The loop to live on. Default ``UVLoop/shared``.
+    ///   - loop: The loop to live on. Default `UVLoop.shared`.
     ///   - flags: `.reuseAddress` to share the port, `.reusePort` to spread it across loops,
     ///     `.ipv6Only` to refuse IPv4 on an IPv6 socket.
     ///   - configuration: Receive queue, overflow policy and buffer sizes.
-    /// - Throws: ``UVError`` from the bind (``UVError/addressInUse``, ...), for a configuration
-    ///   out of range (``UVError/invalidArgument``), or at the descriptor limit
-    ///   (``UVError/tooManyOpenFiles``); ``ClosedHandleError`` if the loop has shut down.
+    /// - Throws: `UVError` from the bind (`UVError.addressInUse`, ...), for a configuration
+    ///   out of range (`UVError.invalidArgument`), or at the descriptor limit
+    ///   (`UVError.tooManyOpenFiles`); `ClosedHandleError` if the loop has shut down.
     public init(bindingTo address: SocketAddress, loop: UVLoop = .shared, flags: UDPFlags = [],
                 configuration: Configuration = Configuration()) async throws {
         try await self.init(loop: loop, configuration: configuration) { handle in
@@ -91,9 +91,9 @@ public actor UDPSocket {
     ///   - remote: The peer. Port 0 is refused.
     ///   - local: The local address; default: an ephemeral port on the wildcard address of
     ///     `remote`'s family.
-    ///   - loop: The loop to live on. Default ``UVLoop/shared``.
+    ///   - loop: The loop to live on. Default `UVLoop.shared`.
     ///   - configuration: Receive queue, overflow policy and buffer sizes.
-    /// - Throws: ``UVError`` from the bind or connect; ``ClosedHandleError`` if the loop has shut
+    /// - Throws: `UVError` from the bind or connect; `ClosedHandleError` if the loop has shut
     ///   down.
     public init(connectingTo remote: SocketAddress, bindingTo local: SocketAddress? = nil, loop: UVLoop = .shared,
                 configuration: Configuration = Configuration()) async throws {
@@ -173,9 +173,9 @@ public actor UDPSocket {
     /// Closes the socket. Idempotent; safe to call concurrently.
     ///
     /// Receiving stops; consumers get what was already queued, then the end (``datagrams``
-    /// finishes normally, ``receive()`` throws ``ClosedHandleError``); every send still waiting
-    /// in the queue throws ``ClosedHandleError``; the file descriptor is released. Afterwards
-    /// every operation throws ``ClosedHandleError``.
+    /// finishes normally, ``receive()`` throws `ClosedHandleError`); every send still waiting
+    /// in the queue throws `ClosedHandleError`; the file descriptor is released. Afterwards
+    /// every operation throws `ClosedHandleError`.
     public func close() async {
         await withCheckedContinuation { continuation in
             handle.close { _ in continuation.resume() }

@@ -13,8 +13,9 @@ import UVCore
 /// - Parameters:
 ///   - remote: The peer.
 ///   - local: The local address; default, an ephemeral port on the wildcard address.
-///   - loop: The loop to live on. Default ``UVLoop/shared``.
+///   - loop: The loop to live on. Default `UVLoop.shared`.
 ///   - configuration: Receive queue, overflow policy and buffer sizes.
+///   - isolation: The caller's actor, on which `body` runs; leave the default.
 ///   - body: Runs with the open socket; it is closed when `body` returns or throws.
 /// - Returns: What `body` returns.
 /// - Throws: What opening the socket or `body` throws.
@@ -60,9 +61,10 @@ private func closing<Result>(
 ///
 /// - Parameters:
 ///   - address: The local address.
-///   - loop: The loop to live on. Default ``UVLoop/shared``.
+///   - loop: The loop to live on. Default `UVLoop.shared`.
 ///   - flags: Bind flags.
 ///   - configuration: Receive queue, overflow policy and buffer sizes.
+///   - isolation: The caller's actor, on which `body` runs; leave the default.
 ///   - body: Runs with the open socket; it is closed when `body` returns or throws.
 /// - Returns: What `body` returns.
 /// - Throws: What opening the socket or `body` throws.
@@ -86,13 +88,13 @@ extension UDPSocket {
     /// ```
     ///
     /// - Parameters:
-    ///   - host: A host name or a numeric address; see ``SocketAddress/resolve(host:port:family:loop:)``.
+    ///   - host: A host name or a numeric address; see `SocketAddress.resolve(host:port:family:loop:)`.
     ///   - port: The peer's port, 1...65535.
     ///   - family: Only addresses of this family; `nil` for either.
-    ///   - loop: The loop to live on (and to resolve on). Default ``UVLoop/shared``.
+    ///   - loop: The loop to live on (and to resolve on). Default `UVLoop.shared`.
     ///   - configuration: Receive queue, overflow policy and buffer sizes.
-    /// - Throws: The resolver's ``UVError`` (``UVError/hostNotFound``, ...); the error of the last
-    ///   address tried if none works; ``SocketAddressError`` for a port out of range.
+    /// - Throws: The resolver's `UVError` (`UVError.hostNotFound`, ...); the error of the last
+    ///   address tried if none works; `SocketAddressError` for a port out of range.
     public init(connectingTo host: String, port: Int, family: AddressFamily? = nil, loop: UVLoop = .shared,
                 configuration: Configuration = Configuration()) async throws {
         let candidates = try await SocketAddress.resolve(host: host, port: port, family: family, loop: loop)
@@ -123,8 +125,9 @@ extension UDPSocket {
 ///   - host: A host name or a numeric address.
 ///   - port: The peer's port.
 ///   - family: Only addresses of this family; `nil` for either.
-///   - loop: The loop to live on. Default ``UVLoop/shared``.
+///   - loop: The loop to live on. Default `UVLoop.shared`.
 ///   - configuration: Receive queue, overflow policy and buffer sizes.
+///   - isolation: The caller's actor, on which `body` runs; leave the default.
 ///   - body: Runs with the open socket; it is closed when `body` returns or throws.
 /// - Returns: What `body` returns.
 /// - Throws: What resolving, opening the socket or `body` throws.

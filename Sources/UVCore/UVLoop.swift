@@ -292,7 +292,10 @@ public final class UVLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
 
     /// Traps with a clear message unless called on this loop's thread.
     ///
-    /// - Parameter what: What was attempted, for the message.
+    /// - Parameters:
+    ///   - what: What was attempted, for the message.
+    ///   - file: The caller's file, for the message.
+    ///   - line: The caller's line, for the message.
     public func preconditionInLoop(_ what: @autoclosure () -> String = "this operation",
                                    file: StaticString = #fileID, line: UInt = #line) {
         precondition(inLoop, "\(what()) must run on UVLoop '\(name)''s thread; use loop.execute { } or an actor on the loop",

@@ -581,7 +581,7 @@ enum BadInputChecks {
     static func row6() async throws {
         // Linux delivers 0.0.0.0:P locally. Shown inside a namespace that has only lo.
         try await withNamespaces { network in
-            let ns = try network.addNamespace("zero")
+            let ns = try await network.addNamespace("zero")
             let result = try await run(network.tool(in: ns, ["probe", "zero-destination"]))
             #expect(result.fields["outcome"] == "OK", "\(result)")
         }
@@ -589,7 +589,7 @@ enum BadInputChecks {
 
     static func row44() async throws {
         try await withNamespaces { network in
-            let ns = try network.addNamespace("noroute")
+            let ns = try await network.addNamespace("noroute")
             let result = try await run(network.tool(in: ns, ["probe", "join-without-interface"]))
             #expect(result.fields["outcome"] == "ENODEV", "\(result)")
         }
@@ -597,7 +597,7 @@ enum BadInputChecks {
 
     static func row45() async throws {
         try await withNamespaces { network in
-            let pair = try network.makeVethPair()
+            let pair = try await network.makeVethPair()
             let result = try await run(network.tool(in: pair.a, ["probe", "broadcast-without-permission"]))
             #expect(result.fields["outcome"] == "EACCES", "\(result)")
         }

@@ -156,7 +156,7 @@ struct FaultTests {
           .enabled(if: namespacesAvailable, namespaceSkipReason))
     func unroutable() async throws {
         try await withNamespaces { network in
-            let ns = try network.addNamespace("noroute")
+            let ns = try await network.addNamespace("noroute")
             let result = try await run(network.tool(in: ns, ["send", "--to", "10.255.0.1:9", "--count", "5000"]))
             #expect(result.status == 0, "\(result)")
             #expect(result.int("attempted") == 5_000)

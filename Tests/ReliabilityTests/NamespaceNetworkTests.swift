@@ -10,7 +10,7 @@ struct NamespaceNetworkTests {
     /// the receiver has what it wants, then stops the sender.
     func exchange(_ network: PrivateNetwork, _ pair: VethPair, receiver: [String], sender: [String])
         async throws -> (received: ChildResult, sent: ChildResult) {
-        let receiving = try Child(network.tool(in: pair.b, ["receive", "--timeout", "20"] + receiver))
+        let receiving = try Child(network.tool(in: pair.b, ["receive", "--timeout", "90"] + receiver))
         guard await receiving.waitForLine(startingWith: "READY") else {
             let result = await receiving.wait()
             Issue.record("receiver did not start: \(result)")
@@ -26,7 +26,7 @@ struct NamespaceNetworkTests {
     @Test("IPv4 multicast from A reaches a member in B")
     func ipv4Multicast() async throws {
         try await withNamespaces { network in
-            let pair = try network.makeVethPair()
+            let pair = try await network.makeVethPair()
             let (received, sent) = try await exchange(network, pair,
                 receiver: ["--bind", "0.0.0.0:45001", "--join", "239.77.0.1", "--interface", pair.b4,
                            "--count", "5", "--expect-from", pair.a4],
@@ -40,7 +40,7 @@ struct NamespaceNetworkTests {
     @Test("IPv6 multicast from A reaches a member in B")
     func ipv6Multicast() async throws {
         try await withNamespaces { network in
-            let pair = try network.makeVethPair()
+            let pair = try await network.makeVethPair()
             let (received, sent) = try await exchange(network, pair,
                 receiver: ["--bind", "[::]:45002", "--join", "ff15::4242", "--interface", "::%\(pair.linkB)",
                            "--count", "5", "--expect-from", pair.a6],
@@ -54,10 +54,10 @@ struct NamespaceNetworkTests {
     @Test("multicast loop off: B receives every datagram, the sender's own host none (loop on is the control)")
     func multicastLoopOff() async throws {
         try await withNamespaces { network in
-            let pair = try network.makeVethPair()
+            let pair = try await network.makeVethPair()
             let member = try Child(network.tool(in: pair.b, [
                 "receive", "--bind", "0.0.0.0:45003", "--join", "239.77.0.2", "--interface", pair.b4,
-                "--count", "21", "--expect-from", pair.a4, "--timeout", "20"]))
+                "--count", "21", "--expect-from", pair.a4, "--timeout", "90"]))
             #expect(await member.waitForLine(startingWith: "READY"))
             let local = try await run(network.tool(in: pair.a, [
                 "multicast-loop", "--group", "239.77.0.2", "--interface", pair.a4, "--port", "45003", "--count", "20"]))
@@ -73,7 +73,7 @@ struct NamespaceNetworkTests {
     @Test("broadcast to 255.255.255.255 and to the subnet broadcast reaches B", arguments: ["limited", "subnet"])
     func broadcast(kind: String) async throws {
         try await withNamespaces { network in
-            let pair = try network.makeVethPair()
+            let pair = try await network.makeVethPair()
             let destination = kind == "limited" ? "255.255.255.255" : pair.broadcast4
             let (received, sent) = try await exchange(network, pair,
                 receiver: ["--bind", "0.0.0.0:45004", "--count", "3", "--expect-from", pair.a4],
@@ -87,7 +87,7 @@ struct NamespaceNetworkTests {
     @Test("source-specific membership: the joined source is received, another source to the same group is not")
     func sourceSpecific() async throws {
         try await withNamespaces { network in
-            let pair = try network.makeVethPair()
+            let pair = try await network.makeVethPair()
             // The sender alternates: a datagram from the other source, then one from the right one.
             let (received, sent) = try await exchange(network, pair,
                 receiver: ["--bind", "0.0.0.0:45005", "--join", "232.77.0.1", "--source", pair.a4,

@@ -71,8 +71,12 @@ final class PrivateNetwork: @unchecked Sendable {
         guard status == 0 else { throw NamespaceError(command: command, status: status) }
     }
 
-    /// Creates a namespace with only `lo` (up).
-    func addNamespace(_ role: String) throws -> String {
+    /// Creates a namespace with only `lo` (up), on a thread of its own (see ``offPool(_:)``).
+    func addNamespace(_ role: String) async throws -> String {
+        try await offPool { try self.addNamespaceNow(role) }
+    }
+
+    func addNamespaceNow(_ role: String) throws -> String {
         let name = "aurel-\(tag)-\(role)"
         try ip("netns", "add", name)
         namespaces.append(name)
@@ -117,18 +121,23 @@ func withNamespaces<T>(_ body: (PrivateNetwork) async throws -> T) async throws 
     let network = PrivateNetwork()
     do {
         let result = try await body(network)
-        network.destroy()
+        _ = try? await offPool { network.destroy() }
         return result
     } catch {
-        network.destroy()
+        _ = try? await offPool { network.destroy() }
         throw error
     }
 }
 
 extension PrivateNetwork {
-    func makeVethPair() throws -> VethPair {
-        let a = try addNamespace("a")
-        let b = try addNamespace("b")
+    /// Builds the pair on a thread of its own (see ``offPool(_:)``).
+    func makeVethPair() async throws -> VethPair {
+        try await offPool { try self.makeVethPairNow() }
+    }
+
+    private func makeVethPairNow() throws -> VethPair {
+        let a = try addNamespaceNow("a")
+        let b = try addNamespaceNow("b")
         let n = Int(getpid() % 200) + 20
         let m = nameCounter.next() % 250 + 1
         let linkA = "ara\(tag)".prefix(15), linkB = "arb\(tag)".prefix(15)

@@ -308,3 +308,31 @@ func runSync(_ arguments: [String]) -> Int32 {
     while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
     return (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
 }
+
+/// Runs blocking work (process spawns and `waitpid`) on a thread of its own and awaits it, so it
+/// never holds one of the few cooperative threads that every other test's tasks need: with two
+/// cores there are two, and a namespace set-up that blocks them stalls unrelated tests' timers.
+func offPool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        let box = OffPoolWork { continuation.resume(with: Result { try work() }) }
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(box).toOpaque()
+        let rc = pthread_create(&thread, nil, { raw in
+            Unmanaged<OffPoolWork>.fromOpaque(raw!).takeRetainedValue().run()
+            return nil
+        }, context)
+        if rc != 0 {
+            Unmanaged<OffPoolWork>.fromOpaque(context).release()
+            continuation.resume(with: Result { try work() })  // no thread: block here instead
+            return
+        }
+        pthread_detach(thread)
+    }
+}
+
+/// The work ``offPool(_:)`` hands to its thread.
+private final class OffPoolWork: @unchecked Sendable {
+    // Safe: written once before the thread starts, called once on it.
+    let run: () -> Void
+    init(_ run: @escaping () -> Void) { self.run = run }
+}
