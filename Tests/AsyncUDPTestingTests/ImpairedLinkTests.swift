@@ -210,4 +210,18 @@ struct ImpairedLinkTests {
         // The link's port is free again.
         try await withUDPSocket(bindingTo: try #require(address)) { _ in }
     }
+
+    @Test("a link to a server on ::1 listens on ::1 and relays both ways")
+    func ipv6() async throws {
+        try await withTestPeer(.ipv6, script: .echo) { peer in
+            try await withImpairedLink(to: peer.address) { link in
+                #expect(link.address.ip == "::1")
+                try await withLoopbackSocket(family: .ipv6) { client in
+                    try await client.send(Array("six".utf8), to: link.address)
+                    let reply = try await client.expectDatagram(within: .seconds(5))
+                    #expect(reply.string == "six" && reply.remote == link.address)
+                }
+            }
+        }
+    }
 }
