@@ -26,7 +26,7 @@ test-tsan: deps
 
 # DocC for the library products, as one archive; any warning (a broken symbol link, an
 # undocumented parameter) fails. Output: .build/plugins/Swift-DocC/outputs/.
-DOCC_TARGETS ?= --target UVCore --target AsyncUDP
+DOCC_TARGETS ?= --target UVCore --target AsyncUDP --target AsyncUDPTesting
 docs: deps
 	$(SWIFT) package --disable-sandbox generate-documentation $(DOCC_TARGETS) \
 		--enable-experimental-combined-documentation --warnings-as-errors

@@ -13,6 +13,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "AsyncUDP", targets: ["AsyncUDP"]),
+        // For test targets: a scripted peer, an impaired link, waits with deadlines.
+        .library(name: "AsyncUDPTesting", targets: ["AsyncUDPTesting"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
@@ -49,6 +51,11 @@ let package = Package(
                 "CLibUV",
                 .product(name: "DequeModule", package: "swift-collections"),
             ],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "AsyncUDPTesting",
+            dependencies: ["AsyncUDP", "UVCore"],
             swiftSettings: strictSettings
         ),
         .target(
@@ -97,9 +104,15 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "AsyncUDPTestingTests",
+            dependencies: ["AsyncUDP", "AsyncUDPTesting"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "ExampleTests",
             // Depending on the examples makes `swift test` build their binaries.
-            dependencies: ["AsyncUDP", "udp-echo", "udpcat", "multicast-chat", "statsd-collector", "dns-query"],
+            dependencies: ["AsyncUDP", "AsyncUDPTesting", "udp-echo", "udpcat", "multicast-chat", "statsd-collector", "dns-query",
+                           .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
     ]
