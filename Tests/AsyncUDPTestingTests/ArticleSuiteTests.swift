@@ -79,10 +79,13 @@ struct RequestClientTests {
 
     @Test("a reply that comes after the timeout is ignored")
     func lateReplyIgnored() async throws {
-        // The first reply leaves 300 ms late, after the client gave up at 100 ms; the second
-        // leaves 600 ms after its request, so the late one arrives while the client waits for it.
+        // The peer holds its reply to the first request until the second request arrives, so
+        // it comes after the client gave up however slow the machine is; then it answers both,
+        // the late reply first, while the client waits for the second.
         let script = TestPeer.Script { request in
-            [TestPeer.Reply(request.payload, after: request.index == 0 ? .milliseconds(300) : .milliseconds(600))]
+            guard request.index == 1 else { return [] }
+            let lateReply = [0, 0, 0, 1] + Array("first".utf8)  // the first request's ID and body
+            return [TestPeer.Reply(lateReply), TestPeer.Reply(request.payload)]
         }
         try await withTestPeer(script: script) { server in
             try await withLoopbackSocket { socket in
