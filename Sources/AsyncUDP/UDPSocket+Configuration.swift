@@ -32,6 +32,11 @@ extension UDPSocket {
         public var receiveBufferSize: Int?
         /// If set, the socket's kernel send buffer (`SO_SNDBUF`; Linux doubles it).
         public var sendBufferSize: Int?
+        /// The metadata reported with each received datagram (``Datagram/metadata``): packet
+        /// info (destination address and interface), ECN codepoint, kernel receive time. Default
+        /// `[]`: none, and no per-datagram cost. See ``ReceiveMetadataOptions`` for what each
+        /// costs.
+        public var receiveMetadata: ReceiveMetadataOptions = []
         /// Earlier switch for batched reads: every socket now reads with `recvmmsg`, up to 32
         /// datagrams per system call, so this has no effect.
         @available(*, deprecated, message: "every socket reads with recvmmsg now; this has no effect")
@@ -51,6 +56,20 @@ extension UDPSocket {
             self.maximumDatagramSize = maximumDatagramSize
             self.receiveBufferSize = receiveBufferSize
             self.sendBufferSize = sendBufferSize
+        }
+
+        /// Creates a configuration that reports `receiveMetadata` with each datagram; the other
+        /// parameters as ``init(receiveQueueLimit:overflowPolicy:maximumDatagramSize:receiveBufferSize:sendBufferSize:)``.
+        public init(receiveQueueLimit: Int = 1024,
+                    overflowPolicy: OverflowPolicy = .dropNewest,
+                    maximumDatagramSize: Int = 65_536,
+                    receiveBufferSize: Int? = nil,
+                    sendBufferSize: Int? = nil,
+                    receiveMetadata: ReceiveMetadataOptions) {
+            self.init(receiveQueueLimit: receiveQueueLimit, overflowPolicy: overflowPolicy,
+                      maximumDatagramSize: maximumDatagramSize, receiveBufferSize: receiveBufferSize,
+                      sendBufferSize: sendBufferSize)
+            self.receiveMetadata = receiveMetadata
         }
 
         /// Creates a configuration; `batchedReceive` is ignored (every socket reads with

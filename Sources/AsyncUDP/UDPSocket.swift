@@ -126,6 +126,7 @@ public actor UDPSocket {
                 try handle.setMaximumDatagramSize(configuration.maximumDatagramSize)
                 if let size = configuration.receiveBufferSize { try handle.setReceiveBufferSize(size) }
                 if let size = configuration.sendBufferSize { try handle.setSendBufferSize(size) }
+                if !configuration.receiveMetadata.isEmpty { try handle.setReceiveMetadata(configuration.receiveMetadata) }
                 guard let sendPath = handle.sendPath else {
                     throw UVError.badFileDescriptor.with(context: "the socket was not created")
                 }

@@ -8,6 +8,16 @@ public struct Datagram: Sendable, Hashable {
     /// `UV_UDP_PARTIAL`). The default receive buffer holds any datagram, so this is only `true`
     /// when a smaller maximum size was asked for.
     public var isTruncated: Bool
+    /// Kept out of line: a datagram without metadata pays one word for it.
+    private var metadataBox: DatagramMetadataBox?
+
+    /// What the kernel reported with the datagram (destination address, interface, ECN,
+    /// receive time), for a socket that asked for it with ``ReceiveMetadataOptions``; `nil`
+    /// otherwise.
+    public var metadata: Metadata? {
+        get { metadataBox?.value }
+        set { metadataBox = newValue.map(DatagramMetadataBox.init) }
+    }
 
     /// Creates a datagram value.
     ///
@@ -15,10 +25,12 @@ public struct Datagram: Sendable, Hashable {
     ///   - payload: The bytes.
     ///   - remote: The sender of a received datagram; the destination of one to send.
     ///   - isTruncated: Whether the payload lost its tail on receipt.
-    public init(payload: [UInt8], remote: SocketAddress, isTruncated: Bool = false) {
+    ///   - metadata: What the kernel reported with a received datagram.
+    public init(payload: [UInt8], remote: SocketAddress, isTruncated: Bool = false, metadata: Metadata? = nil) {
         self.payload = payload
         self.remote = remote
         self.isTruncated = isTruncated
+        self.metadataBox = metadata.map(DatagramMetadataBox.init)
     }
 
     /// Creates a datagram whose payload is the UTF-8 bytes of `string`.

@@ -61,6 +61,9 @@ package final class SendPath: Sendable {
     private let gate = Atomic<Int>(0)
     private let connected = Atomic<Bool>(false)
     private let closeHandoff = LockedBox<(@Sendable () -> Void)?>(nil)
+    /// Receive metadata: the ``ReceiveMetadataOptions`` bits (0-7), a "local port known" bit
+    /// (8) and the local port (16-31). Read by whichever thread reads the socket.
+    let receiveMetadataWord = Atomic<Int>(0)
 
     init(fd: Int32, counters: SocketCounters) {
         self.fd = fd
@@ -261,9 +264,18 @@ extension SendPath {
     ///
     /// - Returns: `nil` when the gate is shut (the caller goes through the loop); else the
     ///   outcome, counted, with an earlier datagram's error for the caller to publish.
-    package func sendDirect(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?) -> (SendAttempt, earlier: UVError?)? {
+    package func sendDirect(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?,
+                            options: SendOptions? = nil, family: AddressFamily = .ipv4) -> (SendAttempt, earlier: UVError?)? {
         guard enter() else { return nil }
         defer { leave() }
+        return sendOne(bytes, to: address, options: options, family: family)
+    }
+
+    /// Sends one datagram with `sendmsg` (with the control messages of `options`, for a
+    /// destination of `family`), applying the attribution rule. The caller holds the right to
+    /// send (the loop thread, or inside the gate).
+    func sendOne(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?,
+                 options: SendOptions?, family: AddressFamily) -> (SendAttempt, earlier: UVError?) {
         var name = sockaddr_storage()
         var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
         var message = msghdr()
@@ -275,7 +287,15 @@ extension SendPath {
                     message.msg_name = UnsafeMutableRawPointer(namePointer)
                     message.msg_namelen = address.write(to: namePointer)
                 }
-                return send(&message, bytes: bytes.count)
+                guard let options, !options.isEmpty else { return send(&message, bytes: bytes.count) }
+                return withUnsafeTemporaryAllocation(byteCount: SendOptions.controlCapacity, alignment: 16) { control in
+                    let length = options.writeControl(to: control.baseAddress!, destination: address, family: family)
+                    if length > 0 {
+                        message.msg_control = control.baseAddress
+                        message.msg_controllen = length
+                    }
+                    return send(&message, bytes: bytes.count)
+                }
             }
         }
     }
