@@ -161,7 +161,7 @@ extension UDPSocket {
             throw error
         }
         guard let (attempt, earlier) = sendPath.sendDirect(bytes, to: address, options: options,
-                                                           family: target.destinationFamily(address)) else { return .hop }
+                                                           target: options == nil ? nil : target) else { return .hop }
         if let earlier { transient.publish(earlier) }
         switch attempt {
         case .sent: return .sent

@@ -265,17 +265,17 @@ extension SendPath {
     /// - Returns: `nil` when the gate is shut (the caller goes through the loop); else the
     ///   outcome, counted, with an earlier datagram's error for the caller to publish.
     package func sendDirect(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?,
-                            options: SendOptions? = nil, family: AddressFamily = .ipv4) -> (SendAttempt, earlier: UVError?)? {
+                            options: SendOptions? = nil, target: SendTarget? = nil) -> (SendAttempt, earlier: UVError?)? {
         guard enter() else { return nil }
         defer { leave() }
-        return sendOne(bytes, to: address, options: options, family: family)
+        return sendOne(bytes, to: address, options: options, target: target)
     }
 
-    /// Sends one datagram with `sendmsg` (with the control messages of `options`, for a
-    /// destination of `family`), applying the attribution rule. The caller holds the right to
-    /// send (the loop thread, or inside the gate).
+    /// Sends one datagram with `sendmsg` (with the control messages of `options`; `target`
+    /// gives the peer and family they are written for), applying the attribution rule. The
+    /// caller holds the right to send (the loop thread, or inside the gate).
     func sendOne(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?,
-                 options: SendOptions?, family: AddressFamily) -> (SendAttempt, earlier: UVError?) {
+                 options: SendOptions?, target: SendTarget?) -> (SendAttempt, earlier: UVError?) {
         var name = sockaddr_storage()
         var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
         var message = msghdr()
@@ -289,7 +289,8 @@ extension SendPath {
                 }
                 guard let options, !options.isEmpty else { return send(&message, bytes: bytes.count) }
                 return withUnsafeTemporaryAllocation(byteCount: SendOptions.controlCapacity, alignment: 16) { control in
-                    let length = options.writeControl(to: control.baseAddress!, destination: address, family: family)
+                    let length = options.writeControl(to: control.baseAddress!, destination: address ?? target?.peer,
+                                                      family: target?.destinationFamily(address) ?? address?.family ?? .ipv4)
                     if length > 0 {
                         message.msg_control = control.baseAddress
                         message.msg_controllen = length

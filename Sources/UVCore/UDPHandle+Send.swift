@@ -98,10 +98,23 @@ extension UDPHandle {
     ///   enabled, for example); the same synchronous checks as ``send(_:to:onSend:)-([[UInt8]],_,_)``.
     @discardableResult
     public func trySend(_ bytes: [UInt8], to address: SocketAddress? = nil) throws -> Int {
+        try trySend(bytes, to: address, options: SendOptions())
+    }
+
+    /// Sends one datagram now, with per-send options (source address, ECN), if the kernel will
+    /// take it without waiting; see ``trySend(_:to:)-([UInt8],_)`` and
+    /// ``send(_:to:options:onSend:)``.
+    ///
+    /// - Returns: The number of bytes sent.
+    /// - Throws: As ``trySend(_:to:)-([UInt8],_)``, and the option checks of
+    ///   ``send(_:to:options:onSend:)``.
+    @discardableResult
+    public func trySend(_ bytes: [UInt8], to address: SocketAddress? = nil, options: SendOptions) throws -> Int {
         try checkOpen("trySend")
-        try prepareSend(to: address, size: bytes.count)
+        let options = options.isEmpty ? nil : options
+        try prepareSend(to: address, size: bytes.count, options: options)
         guard sendQueue.isEmpty else { throw UVError.wouldBlock.with(context: "trySend: sends are queued") }
-        let attempt = bytes.withUnsafeBytes { sendNow($0, to: address, evenDuringBatch: true) }
+        let attempt = bytes.withUnsafeBytes { sendNow($0, to: address, options: options, evenDuringBatch: true) }
         switch attempt {
         case .sent?: return bytes.count
         case .failed(let error)?: throw error.with(context: "trySend")
@@ -217,7 +230,7 @@ extension UDPHandle {
                          evenDuringBatch: Bool = false) -> SendAttempt? {
         guard sendQueue.isEmpty, state == .open, evenDuringBatch || !deliveringBatch, let sendPath else { return nil }
         let (attempt, earlier) = sendPath.sendOne(bytes, to: address, options: options,
-                                                  family: sendTarget.destinationFamily(address))
+                                                  target: options == nil ? nil : sendTarget)
         if let earlier { reportTransient(earlier) }
         return attempt
     }

@@ -182,6 +182,26 @@ struct HandleMetadataTests {
         await closeAll(sender, receiver, trigger)
     }
 
+    @Test("trySend takes options; a dual-stack socket connected to ::ffff:127.0.0.1 marks ECN at the IPv4 level",
+          .enabled(if: hasIPv6Loopback))
+    func trySendAndMappedPeer() async throws {
+        let receiver = try boundHandle("127.0.0.1")
+        try receiver.setReceiveMetadata([.ecn, .packetInfo])
+        let inbox = try Inbox(receiver)
+        let sender = try boundHandle("::")
+        #expect(try sender.trySend(Array("t"), to: receiver.localAddress(), options: SendOptions(ecn: .ect1)) == 1)
+        #expect(try await inbox.datagram().metadata?.ecn == .ect1)
+        let port = try receiver.localAddress().port
+        try sender.connect(SocketAddress(ip: "::ffff:127.0.0.1", port: port))
+        for codepoint in ECNCodepoint.allCases.reversed() {
+            try sender.send(Array("\(codepoint)"), options: SendOptions(source: SocketAddress(ip: "::ffff:127.0.0.1", port: 0), ecn: codepoint))
+            let datagram = try await inbox.datagram()
+            #expect(datagram.payload == Array("\(codepoint)"))
+            #expect(datagram.metadata?.ecn == codepoint)
+        }
+        await closeAll(sender, receiver)
+    }
+
     @Test("a receive timestamp lies between a clock reading before the send and one after the receive")
     func timestamp() async throws {
         let sender = try boundHandle()
