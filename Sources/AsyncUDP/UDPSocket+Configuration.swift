@@ -142,12 +142,16 @@ extension UDPSocket {
         /// Sends that failed with their own error: refused by a check (too large, wrong family,
         /// port 0) or by the kernel. A closed socket and cancellation are not counted.
         public var sendErrorCount = 0
+        /// GSO sends (``SendOptions/segmentSize``) that AsyncUDP cut into datagrams itself
+        /// because the kernel or the route refused GSO on this socket; after the first refusal,
+        /// every GSO send is.
+        public var gsoFallbackCount = 0
 
         /// Creates zeroed statistics.
         public init() {}
 
         public var description: String {
-            "received \(datagramsReceived) (\(bytesReceived) B), delivered \(datagramsDelivered), queued \(datagramsQueued) (peak \(peakDatagramsQueued)), dropped by policy \(datagramsDroppedByPolicy), reading pauses \(readingPauses), truncated \(datagramsTruncated), transient errors \(transientErrorCount), sent \(datagramsSent) (\(bytesSent) B), send errors \(sendErrorCount), dropped by kernel \(datagramsDroppedByKernel.map(String.init) ?? "n/a")"
+            "received \(datagramsReceived) (\(bytesReceived) B), delivered \(datagramsDelivered), queued \(datagramsQueued) (peak \(peakDatagramsQueued)), dropped by policy \(datagramsDroppedByPolicy), reading pauses \(readingPauses), truncated \(datagramsTruncated), transient errors \(transientErrorCount), sent \(datagramsSent) (\(bytesSent) B), send errors \(sendErrorCount), GSO fallbacks \(gsoFallbackCount), dropped by kernel \(datagramsDroppedByKernel.map(String.init) ?? "n/a")"
         }
 
         // MARK: Earlier names

@@ -170,8 +170,10 @@ extension UDPSocket {
         }
     }
 
-    /// On the loop: waits in the queue for the kernel's answer.
-    private nonisolated func queueOnLoop(_ bytes: [UInt8], to address: SocketAddress?, options: SendOptions?,
+    /// On the loop: waits in the queue for the kernel's answer. `nonisolated(nonsending)`, so it
+    /// stays on the caller's executor (the loop): a plain `nonisolated async` function would run
+    /// on the global executor and touch the handle off its thread.
+    nonisolated(nonsending) private func queueOnLoop(_ bytes: [UInt8], to address: SocketAddress?, options: SendOptions?,
                                          socketIsFull: Bool) async throws {
         let handle = handleBox.value
         let outcome: UVError? = await withUnsafeContinuation { continuation in

@@ -205,6 +205,7 @@ public actor UDPSocket {
         stats.datagramsSent = counters.datagramsSent.load(ordering: .relaxed)
         stats.bytesSent = counters.bytesSent.load(ordering: .relaxed)
         stats.sendErrorCount = counters.sendErrors.load(ordering: .relaxed)
+        stats.gsoFallbackCount = counters.gsoFallbacks.load(ordering: .relaxed)
         stats.datagramsDroppedByKernel = handle.isClosed ? queue.finalKernelDrops : handle.kernelDrops
         return stats
     }

@@ -123,8 +123,9 @@ int cuv_set_receive_metadata(int fd, int is_ipv6, int ipv6_only, int options) {
 }
 
 ssize_t cuv_build_send_cmsgs(void *buffer, size_t capacity, int family, const unsigned char *source,
-                             int traffic_class, int tos_family) {
+                             int traffic_class, int tos_family, int segment_size) {
     size_t needed = 0;
+    if (segment_size > 0) needed += CMSG_SPACE(sizeof(uint16_t));
     if (source != NULL) needed += family == AF_INET6 ? CMSG_SPACE(sizeof(struct in6_pktinfo)) : CMSG_SPACE(sizeof(struct in_pktinfo));
     if (traffic_class >= 0) needed += CMSG_SPACE(sizeof(int));
     if (needed == 0) return 0;
@@ -157,6 +158,22 @@ ssize_t cuv_build_send_cmsgs(void *buffer, size_t capacity, int family, const un
         cmsg->cmsg_type = tos_family == AF_INET6 ? IPV6_TCLASS : IP_TOS;
         cmsg->cmsg_len = CMSG_LEN(sizeof value);
         memcpy(CMSG_DATA(cmsg), &value, sizeof value);
+        cmsg = (struct cmsghdr *)((unsigned char *)cmsg + CMSG_SPACE(sizeof value));
+    }
+    if (segment_size > 0) {
+        uint16_t value = (uint16_t)segment_size;
+        cmsg->cmsg_level = IPPROTO_UDP;
+        cmsg->cmsg_type = CUV_UDP_SEGMENT;
+        cmsg->cmsg_len = CMSG_LEN(sizeof value);
+        memcpy(CMSG_DATA(cmsg), &value, sizeof value);
     }
     return (ssize_t)needed;
+}
+
+int cuv_has_segment_cmsg(const struct msghdr *message) {
+    if (message->msg_controllen == 0) return 0;
+    for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(message); cmsg != NULL; cmsg = CMSG_NXTHDR((struct msghdr *)message, cmsg)) {
+        if (cmsg->cmsg_level == IPPROTO_UDP && cmsg->cmsg_type == CUV_UDP_SEGMENT) return 1;
+    }
+    return 0;
 }

@@ -180,25 +180,47 @@ public struct SendOptions: Sendable, Hashable {
     /// The ECN codepoint to mark the datagram with (`IP_TOS` / `IPV6_TCLASS`; the other six bits
     /// of the byte are 0). `nil`: the socket's default.
     public var ecn: ECNCodepoint?
+    /// Generic segmentation offload (GSO, `UDP_SEGMENT`): the payload is cut into datagrams of
+    /// this many bytes (the last may be shorter), all sent in one system call. At most
+    /// ``maximumSegments`` segments, and the whole payload within the family's datagram limit.
+    /// When the kernel or the route refuses GSO (`EIO`, `EINVAL`, `ENOPROTOOPT`), AsyncUDP cuts
+    /// the payload itself, sends the pieces as ordinary datagrams, remembers the refusal for the
+    /// socket and counts it (``UDPHandle/gsoFallbackCount``). `nil`: one datagram.
+    public var segmentSize: Int?
 
-    /// Creates send options; both default to `nil` (a plain send).
+    /// The most segments one GSO send may carry.
+    public static let maximumSegments = 64
+
+    /// Creates send options; all default to `nil` (a plain send).
     ///
     /// - Parameters:
     ///   - source: The source IP (see ``source``).
     ///   - ecn: The ECN codepoint (see ``ecn``).
-    public init(source: SocketAddress? = nil, ecn: ECNCodepoint? = nil) {
+    ///   - segmentSize: The GSO segment size (see ``segmentSize``).
+    public init(source: SocketAddress? = nil, ecn: ECNCodepoint? = nil, segmentSize: Int? = nil) {
         self.source = source
         self.ecn = ecn
+        self.segmentSize = segmentSize
     }
 
     /// Whether these options add nothing to a plain send.
-    package var isEmpty: Bool { source == nil && ecn == nil }
+    package var isEmpty: Bool { source == nil && ecn == nil && segmentSize == nil }
 
     /// Checks the options against a datagram's destination family.
     ///
     /// - Throws: ``UVError/addressFamilyNotSupported`` for a source of another family than the
     ///   destination; ``UVError/invalidArgument`` for a multicast or wildcard source.
-    func validate(destinationFamily: AddressFamily) throws(UVError) {
+    func validate(destinationFamily: AddressFamily, size: Int) throws(UVError) {
+        if let segmentSize {
+            guard (1...destinationFamily.maximumPayloadSize).contains(segmentSize) else {
+                throw UVError.invalidArgument.with(context: "GSO segment size must be 1...\(destinationFamily.maximumPayloadSize), not \(segmentSize)")
+            }
+            let segments = (size + segmentSize - 1) / segmentSize
+            guard segments <= Self.maximumSegments else {
+                throw UVError.invalidArgument.with(
+                    context: "GSO: \(size) bytes in segments of \(segmentSize) make \(segments) segments; at most \(Self.maximumSegments)")
+            }
+        }
         guard let source else { return }
         guard source.family == destinationFamily else {
             throw UVError.addressFamilyNotSupported.with(
@@ -210,7 +232,7 @@ public struct SendOptions: Sendable, Hashable {
     }
 
     /// Control bytes a send needs at most (checked against ``IOScratch/controlSize``).
-    static let controlCapacity = 64
+    static let controlCapacity = 96
 
     /// Writes these options' control messages for a datagram to a `family` destination at
     /// `buffer` (``controlCapacity`` bytes, aligned); returns their length (0 for none).
@@ -218,8 +240,9 @@ public struct SendOptions: Sendable, Hashable {
         let tc: Int32 = ecn.map { Int32($0.rawValue) } ?? -1
         // The kernel sends to an IPv4-mapped address as IPv4, reading only IPv4-level options.
         let tosFamily = destination?.isIPv4Mapped == true ? AF_INET : family.rawValue
+        let segment = Int32(segmentSize ?? 0)
         guard let source else {
-            return cuv_build_send_cmsgs(buffer, Self.controlCapacity, family.rawValue, nil, tc, tosFamily)
+            return cuv_build_send_cmsgs(buffer, Self.controlCapacity, family.rawValue, nil, tc, tosFamily, segment)
         }
         return withUnsafeTemporaryAllocation(byteCount: 16, alignment: 8) { raw in
             switch source.storage {
@@ -230,7 +253,7 @@ public struct SendOptions: Sendable, Hashable {
                 raw.storeBytes(of: low, toByteOffset: 8, as: UInt64.self)
             }
             return cuv_build_send_cmsgs(buffer, Self.controlCapacity, family.rawValue,
-                                        raw.baseAddress!.assumingMemoryBound(to: UInt8.self), tc, tosFamily)
+                                        raw.baseAddress!.assumingMemoryBound(to: UInt8.self), tc, tosFamily, segment)
         }
     }
 }

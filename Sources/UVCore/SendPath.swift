@@ -24,6 +24,8 @@ package final class SocketCounters: Sendable {
     package let transientErrors = Atomic<Int>(0)
     /// Datagrams read from the socket.
     package let datagramsRead = Atomic<Int>(0)
+    /// GSO sends the library cut into datagrams itself because the kernel refused GSO.
+    package let gsoFallbacks = Atomic<Int>(0)
 
     package init() {}
 }
@@ -64,6 +66,8 @@ package final class SendPath: Sendable {
     /// Receive metadata: the ``ReceiveMetadataOptions`` bits (0-7), a "local port known" bit
     /// (8) and the local port (16-31). Read by whichever thread reads the socket.
     let receiveMetadataWord = Atomic<Int>(0)
+    /// The kernel refused a GSO send on this socket: GSO sends are cut by the library from now on.
+    let gsoRefusedFlag = Atomic<Bool>(false)
 
     init(fd: Int32, counters: SocketCounters) {
         self.fd = fd
@@ -88,6 +92,7 @@ package final class SendPath: Sendable {
             noteSent(bytes: bytes)
             return (.sent, nil)
         }
+        if refusedGSO(Int32(-result), message) { return (.wouldBlock, nil) }
         let (outcome, earlier) = attribute(failure: Int32(-result)) {
             let again = cuv_sendmsg(fd, message)
             return again >= 0 ? 0 : Int32(-again)
@@ -119,6 +124,7 @@ package final class SendPath: Sendable {
             // The first message failed (after a partial batch the kernel keeps that message's
             // error and reports it here, on the next call).
             let header = headers + index
+            if sent < 0, refusedGSO(Int32(-sent), &header.pointee.msg_hdr) { return index }
             let (outcome, earlier) = attribute(failure: sent == 0 ? EAGAIN : Int32(-sent)) {
                 let again = cuv_sendmsg(fd, &header.pointee.msg_hdr)
                 return again >= 0 ? 0 : Int32(-again)
@@ -266,6 +272,7 @@ extension SendPath {
     ///   outcome, counted, with an earlier datagram's error for the caller to publish.
     package func sendDirect(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?,
                             options: SendOptions? = nil, target: SendTarget? = nil) -> (SendAttempt, earlier: UVError?)? {
+        if options?.segmentSize != nil && gsoRefused { return nil }  // the loop cuts it
         guard enter() else { return nil }
         defer { leave() }
         return sendOne(bytes, to: address, options: options, target: target)

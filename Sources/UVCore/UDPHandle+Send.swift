@@ -107,7 +107,8 @@ extension UDPHandle {
     ///
     /// - Returns: The number of bytes sent.
     /// - Throws: As ``trySend(_:to:)-([UInt8],_)``, and the option checks of
-    ///   ``send(_:to:options:onSend:)``.
+    ///   ``send(_:to:options:onSend:)``. A GSO send on a handle where the kernel refused GSO
+    ///   throws ``UVError/wouldBlock``: only ``send(_:to:options:onSend:)`` cuts it.
     @discardableResult
     public func trySend(_ bytes: [UInt8], to address: SocketAddress? = nil, options: SendOptions) throws -> Int {
         try checkOpen("trySend")
@@ -228,7 +229,7 @@ extension UDPHandle {
     ///   "now or not at all"), as long as nothing is queued.
     package func sendNow(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?, options: SendOptions? = nil,
                          evenDuringBatch: Bool = false) -> SendAttempt? {
-        guard sendQueue.isEmpty, state == .open, evenDuringBatch || !deliveringBatch, let sendPath else { return nil }
+        guard sendQueue.isEmpty, state == .open, evenDuringBatch || !deliveringBatch, let sendPath, !mustCutGSO(options) else { return nil }
         let (attempt, earlier) = sendPath.sendOne(bytes, to: address, options: options,
                                                   target: options == nil ? nil : sendTarget)
         if let earlier { reportTransient(earlier) }
@@ -260,6 +261,7 @@ extension UDPHandle {
         flushScheduled = false
         guard state == .open, let sendPath else { return }
         while !sendQueue.isEmpty {
+            cutRefusedGSOSends()
             let count = min(sendQueue.count, IOScratch.messages)
             for slot in 0..<count {
                 let queued = sendQueue[slot]

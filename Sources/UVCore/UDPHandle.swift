@@ -253,7 +253,7 @@ package struct SendTarget: Sendable {
     /// The checks of ``validate(to:size:)``, and those of the send options.
     package func validate(to address: SocketAddress?, size: Int, options: SendOptions?) throws(UVError) {
         try validate(to: address, size: size)
-        if let options { try options.validate(destinationFamily: destinationFamily(address)) }
+        if let options { try options.validate(destinationFamily: destinationFamily(address), size: size) }
     }
 
     /// The family of a datagram's destination: `address`'s, or the peer's (IPv4 when neither is

@@ -85,8 +85,12 @@ int cuv_set_receive_metadata(int fd, int is_ipv6, int ipv6_only, int options);
 /// (-1 for none) at the level of `tos_family` (IP_TOS for AF_INET, IPV6_TCLASS for AF_INET6; they
 /// differ for an IPv4-mapped destination, which the kernel sends as IPv4). Returns the control
 /// length, 0 for nothing, or -1 if it does not fit.
+/// With `segment_size` > 0, also a UDP_SEGMENT message (GSO: the kernel cuts the payload into
+/// datagrams of that size).
 ssize_t cuv_build_send_cmsgs(void *buffer, size_t capacity, int family, const unsigned char *source,
-                             int traffic_class, int tos_family);
+                             int traffic_class, int tos_family, int segment_size);
+/// Whether a message to send carries a UDP_SEGMENT control message.
+int cuv_has_segment_cmsg(const struct msghdr *message);
 
 /// Linux UDP offload options (<linux/udp.h>).
 static const int CUV_UDP_SEGMENT = 103;
