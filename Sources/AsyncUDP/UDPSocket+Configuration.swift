@@ -110,6 +110,10 @@ extension UDPSocket {
     public struct Statistics: Sendable, Hashable, CustomStringConvertible {
         /// Datagrams the library read from the socket.
         public var datagramsReceived = 0
+        /// Datagrams as their senders sent them: ``datagramsReceived``, except that a GRO buffer
+        /// (``ReceiveMetadataOptions/gro``) counts as the datagrams it carries
+        /// (``Datagram/segmentCount``).
+        public var wireDatagramsReceived = 0
         /// Payload bytes the library read from the socket.
         public var bytesReceived = 0
         /// Datagrams handed to user code (by a receive call or an iteration of
@@ -151,7 +155,7 @@ extension UDPSocket {
         public init() {}
 
         public var description: String {
-            "received \(datagramsReceived) (\(bytesReceived) B), delivered \(datagramsDelivered), queued \(datagramsQueued) (peak \(peakDatagramsQueued)), dropped by policy \(datagramsDroppedByPolicy), reading pauses \(readingPauses), truncated \(datagramsTruncated), transient errors \(transientErrorCount), sent \(datagramsSent) (\(bytesSent) B), send errors \(sendErrorCount), GSO fallbacks \(gsoFallbackCount), dropped by kernel \(datagramsDroppedByKernel.map(String.init) ?? "n/a")"
+            "received \(datagramsReceived) (\(wireDatagramsReceived) on the wire, \(bytesReceived) B), delivered \(datagramsDelivered), queued \(datagramsQueued) (peak \(peakDatagramsQueued)), dropped by policy \(datagramsDroppedByPolicy), reading pauses \(readingPauses), truncated \(datagramsTruncated), transient errors \(transientErrorCount), sent \(datagramsSent) (\(bytesSent) B), send errors \(sendErrorCount), GSO fallbacks \(gsoFallbackCount), dropped by kernel \(datagramsDroppedByKernel.map(String.init) ?? "n/a")"
         }
 
         // MARK: Earlier names

@@ -196,6 +196,7 @@ public actor UDPSocket {
         stats.datagramsDelivered = queue.delivered.load(ordering: .acquiring)
         stats.datagramsReceived = queue.received.load(ordering: .acquiring)
         stats.bytesReceived = queue.bytesReceived.load(ordering: .relaxed)
+        stats.wireDatagramsReceived = stats.datagramsReceived + queue.extraSegments.load(ordering: .relaxed)
         stats.datagramsTruncated = queue.truncated.load(ordering: .relaxed)
         stats.datagramsDroppedByPolicy = queue.droppedByPolicy
         stats.readingPauses = queue.readingPauses

@@ -85,6 +85,11 @@ int cuv_parse_receive_cmsgs(struct msghdr *message, cuv_receive_metadata *out) {
                 out->traffic_class = (unsigned int)value & 0xFF;
                 found = 1;
             }
+        } else if (cmsg->cmsg_level == IPPROTO_UDP && cmsg->cmsg_type == CUV_UDP_GRO && length >= sizeof(int)) {
+            int value;
+            memcpy(&value, CMSG_DATA(cmsg), sizeof value);
+            out->gro_segment_size = value;
+            found = 1;
         } else if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_TIMESTAMPNS
                    && length >= sizeof(struct timespec)) {
             struct timespec time;
@@ -119,7 +124,11 @@ int cuv_set_receive_metadata(int fd, int is_ipv6, int ipv6_only, int options) {
         if ((status = set_flag(fd, IPPROTO_IP, IP_PKTINFO, info)) < 0) return status;
         if ((status = set_flag(fd, IPPROTO_IP, IP_RECVTOS, ecn)) < 0) return status;
     }
-    return set_flag(fd, SOL_SOCKET, SO_TIMESTAMPNS, stamp);
+    if ((status = set_flag(fd, SOL_SOCKET, SO_TIMESTAMPNS, stamp)) < 0) return status;
+    int gro = (options & CUV_META_GRO) != 0;
+    status = set_flag(fd, IPPROTO_UDP, CUV_UDP_GRO, gro);
+    // A kernel without UDP_GRO (before 5.0) refuses it: fine when it is not wanted.
+    return status < 0 && !gro ? 0 : status;
 }
 
 ssize_t cuv_build_send_cmsgs(void *buffer, size_t capacity, int family, const unsigned char *source,

@@ -19,6 +19,21 @@ public struct Datagram: Sendable, Hashable {
         set { metadataBox = newValue.map(DatagramMetadataBox.init) }
     }
 
+    /// The datagrams this buffer carries: with ``ReceiveMetadataOptions/gro`` the kernel may
+    /// coalesce several same-size datagrams of one sender into one buffer
+    /// (``Metadata/segmentSize``); these are its pieces, as slices of ``payload`` (no copy).
+    /// Without GRO, the whole payload.
+    public var segments: [ArraySlice<UInt8>] {
+        guard let size = metadataBox?.value.segmentSize, size > 0, payload.count > size else { return [payload[...]] }
+        return stride(from: 0, to: payload.count, by: size).map { payload[$0..<min(payload.count, $0 + size)] }
+    }
+
+    /// How many datagrams this buffer carries: 1, or more for a GRO buffer (see ``segments``).
+    public var segmentCount: Int {
+        guard let size = metadataBox?.value.segmentSize, size > 0, payload.count > size else { return 1 }
+        return (payload.count + size - 1) / size
+    }
+
     /// Creates a datagram value.
     ///
     /// - Parameters:

@@ -49,7 +49,17 @@ public struct ReceiveMetadataOptions: OptionSet, Sendable, Hashable {
     /// The kernel's receive time of each datagram (`SO_TIMESTAMPNS`), wall-clock.
     public static let timestamp = ReceiveMetadataOptions(rawValue: 4)
 
-    /// Every option.
+    /// Generic receive offload (`UDP_GRO`): the kernel may hand over several same-size
+    /// datagrams of one sender as one buffer, with its segment size in
+    /// ``Datagram/Metadata/segmentSize``; ``Datagram/segments`` cuts it (without copying). Far
+    /// fewer buffers for a bulk transfer, especially one sent with GSO
+    /// (``SendOptions/segmentSize``). Not part of ``all``: a consumer must expect such buffers.
+    public static let gro = ReceiveMetadataOptions(rawValue: 8)
+
+    /// Every option this version knows.
+    static let known: ReceiveMetadataOptions = [.packetInfo, .ecn, .timestamp, .gro]
+
+    /// Packet info, ECN and timestamps (GRO is asked for separately: see ``gro``).
     public static let all: ReceiveMetadataOptions = [.packetInfo, .ecn, .timestamp]
 }
 
@@ -117,14 +127,18 @@ extension Datagram {
         /// When the kernel received the datagram, wall-clock. From
         /// ``ReceiveMetadataOptions/timestamp``.
         public var receiveTime: WallClockTime?
+        /// With ``ReceiveMetadataOptions/gro``: the size of each datagram the kernel coalesced
+        /// into this buffer (the last may be shorter); `nil` when the buffer is one datagram.
+        public var segmentSize: Int?
 
         /// Creates metadata; every field defaults to `nil`.
         public init(destination: SocketAddress? = nil, interfaceIndex: UInt32? = nil,
-                    ecn: ECNCodepoint? = nil, receiveTime: WallClockTime? = nil) {
+                    ecn: ECNCodepoint? = nil, receiveTime: WallClockTime? = nil, segmentSize: Int? = nil) {
             self.destination = destination
             self.interfaceIndex = interfaceIndex
             self.ecn = ecn
             self.receiveTime = receiveTime
+            self.segmentSize = segmentSize
         }
 
         /// Decodes the control messages of a received message; `nil` when it carries none.
@@ -150,6 +164,7 @@ extension Datagram {
             }
             if raw.has_traffic_class != 0 { ecn = ECNCodepoint(trafficClass: UInt8(truncatingIfNeeded: raw.traffic_class)) }
             if raw.has_timestamp != 0 { receiveTime = WallClockTime(seconds: raw.seconds, nanoseconds: raw.nanoseconds) }
+            if raw.gro_segment_size > 0 { segmentSize = Int(raw.gro_segment_size) }
         }
     }
 }

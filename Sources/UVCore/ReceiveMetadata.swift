@@ -10,7 +10,7 @@ extension UDPHandle {
     /// Turns the matching socket options on (and the others off): `IP_PKTINFO` /
     /// `IPV6_RECVPKTINFO` for ``ReceiveMetadataOptions/packetInfo``, `IP_RECVTOS` /
     /// `IPV6_RECVTCLASS` for ``ReceiveMetadataOptions/ecn``, `SO_TIMESTAMPNS` for
-    /// ``ReceiveMetadataOptions/timestamp``. On an IPv6 socket that is not IPv6-only, the IPv4
+    /// ``ReceiveMetadataOptions/timestamp``, `UDP_GRO` for ``ReceiveMetadataOptions/gro``. On an IPv6 socket that is not IPv6-only, the IPv4
     /// options are set too, so its IPv4 traffic reports the same. Datagrams already read keep
     /// what they had. With `[]` (the default) receiving does no per-datagram work for metadata.
     ///
@@ -24,7 +24,7 @@ extension UDPHandle {
             throw UVError.badFileDescriptor.with(context: "setReceiveMetadata: the handle has no socket yet")
         }
         let status = cuv_set_receive_metadata(fd, family == .ipv6 ? 1 : 0, isIPv6Only ? 1 : 0,
-                                              Int32(truncatingIfNeeded: options.rawValue & ReceiveMetadataOptions.all.rawValue))
+                                              Int32(truncatingIfNeeded: options.rawValue & ReceiveMetadataOptions.known.rawValue))
         if status < 0 { throw Syscall.error(-status, "setReceiveMetadata") }
         sendPath.setReceiveMetadata(options, ipv6: family == .ipv6)
     }
@@ -50,7 +50,7 @@ extension SendPath {
     /// Records the options and the socket's family; the local port is looked up again at the
     /// next read.
     func setReceiveMetadata(_ options: ReceiveMetadataOptions, ipv6: Bool) {
-        receiveMetadataWord.store(options.rawValue & ReceiveMetadataOptions.all.rawValue | (ipv6 ? Self.ipv6Bit : 0),
+        receiveMetadataWord.store(options.rawValue & ReceiveMetadataOptions.known.rawValue | (ipv6 ? Self.ipv6Bit : 0),
                                   ordering: .relaxed)
     }
 

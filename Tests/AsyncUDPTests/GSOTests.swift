@@ -76,4 +76,22 @@ struct SocketGSOTests {
         await sender.close()
         await receiver.close()
     }
+
+    @Test("GSO + GRO: one buffer carries the 64 datagrams, and statistics count them on the wire")
+    func gro() async throws {
+        let sender = try await openSocket()
+        let receiver = try await openSocket(configuration: .init(receiveMetadata: .gro))
+        let payload = Self.bytes(64 * 1_000)
+        try await sender.send(payload, to: receiver.localAddress, options: SendOptions(segmentSize: 1_000))
+        let buffer = try await receiver.receive()
+        #expect(buffer.metadata?.segmentSize == 1_000)
+        #expect(buffer.segments.count == 64)
+        #expect(Array(buffer.segments.joined()) == payload)
+        let stats = await receiver.statistics
+        #expect(stats.datagramsReceived == 1)
+        #expect(stats.wireDatagramsReceived == 64)
+        #expect(stats.bytesReceived == 64_000)
+        await sender.close()
+        await receiver.close()
+    }
 }

@@ -120,4 +120,31 @@ struct HandleGSOTests {
         #expect(sender.gsoFallbackCount == 5)
         await closeAll(sender, receiver, trigger)
     }
+
+    @Test("a GSO send of 64 x 1,000 bytes reaches a GRO socket as one buffer of 64 segments", arguments: ["127.0.0.1", "::1"])
+    func gro(ip: String) async throws {
+        guard ip == "127.0.0.1" || hasIPv6Loopback else { return }
+        let sender = try boundHandle(ip)
+        let receiver = try boundHandle(ip)
+        try receiver.setReceiveMetadata([.gro, .ecn])
+        #expect(receiver.receiveMetadata == [.gro, .ecn])
+        let inbox = try Inbox(receiver)
+        let bytes = countingBytes(64 * 1_000 - 1)  // the last segment one byte short
+        try sender.send(bytes, to: receiver.localAddress(), options: SendOptions(ecn: .ect0, segmentSize: 1_000))
+        let buffer = try await inbox.datagram()
+        #expect(buffer.payload == bytes)
+        #expect(buffer.metadata?.segmentSize == 1_000)
+        #expect(buffer.metadata?.ecn == .ect0)
+        #expect(buffer.segmentCount == 64)
+        let segments = buffer.segments
+        #expect(segments.count == 64)
+        #expect(segments.map(\.count) == Array(repeating: 1_000, count: 63) + [999])
+        #expect(Array(segments.joined()) == bytes)
+        // A single datagram is not a GRO buffer.
+        try sender.send(Array("one"), to: receiver.localAddress())
+        let single = try await inbox.datagram()
+        #expect(single.metadata?.segmentSize == nil)
+        #expect(single.segmentCount == 1 && single.segments == [Array("one")[...]])
+        await closeAll(sender, receiver)
+    }
 }

@@ -63,6 +63,8 @@ typedef struct {
     int has_timestamp;
     int64_t seconds;
     int64_t nanoseconds;
+    /// The GRO segment size (UDP_GRO), or 0 when the buffer is one datagram.
+    int gro_segment_size;
 } cuv_receive_metadata;
 
 /// Reads the packet info, TOS/traffic class and SO_TIMESTAMPNS control messages of a received
@@ -73,10 +75,11 @@ int cuv_parse_receive_cmsgs(struct msghdr *message, cuv_receive_metadata *out);
 static const int CUV_META_PACKET_INFO = 1;
 static const int CUV_META_ECN = 2;
 static const int CUV_META_TIMESTAMP = 4;
+static const int CUV_META_GRO = 8;
 
 /// Turns the receive metadata socket options on or off: IP_PKTINFO, IP_RECVTOS (IPv4 level, also
 /// on an IPv6 socket that is not IPv6-only, for its IPv4 traffic), IPV6_RECVPKTINFO,
-/// IPV6_RECVTCLASS, SO_TIMESTAMPNS. Returns 0 or -errno.
+/// IPV6_RECVTCLASS, SO_TIMESTAMPNS, UDP_GRO. Returns 0 or -errno.
 int cuv_set_receive_metadata(int fd, int is_ipv6, int ipv6_only, int options);
 
 /// Writes the control messages of one send into `buffer` (`capacity` bytes, aligned for cmsghdr):
