@@ -118,7 +118,26 @@ struct HandleGSOTests {
         }
         #expect(try await inbox.datagram().payload == Array("plain"))
         #expect(sender.gsoFallbackCount == 5)
-        await closeAll(sender, receiver, trigger)
+
+        // A socket that meets the refusal first in a queued sendmmsg batch: the batch stops
+        // there, and the refused sends are cut on the next flush, in order, behind nothing.
+        let fresh = try boundHandle()
+        #expect(refuseGSO(try fresh.fileDescriptor()))
+        try fresh.startReceiving { handle, _ in
+            try? handle.send(Array("before"), to: target)
+            for index in 0..<2 {
+                try? handle.send(Array(bytes.prefix(2_100 + index)), to: target, options: SendOptions(segmentSize: 1_000))
+            }
+            try? handle.send(Array("after"), to: target)
+        }
+        try trigger.send(Array("go"), to: fresh.localAddress())
+        #expect(try await inbox.datagram().payload == Array("before"))
+        for index in 0..<2 {
+            try await expectSegments(inbox, of: Array(bytes.prefix(2_100 + index)), sizes: [1_000, 1_000, 100 + index])
+        }
+        #expect(try await inbox.datagram().payload == Array("after"))
+        #expect(fresh.gsoFallbackCount == 2)
+        await closeAll(sender, receiver, trigger, fresh)
     }
 
     @Test("a GSO send of 64 x 1,000 bytes reaches a GRO socket as one buffer of 64 segments", arguments: ["127.0.0.1", "::1"])
