@@ -139,7 +139,8 @@ extension UDPSocket {
         /// `ENETUNREACH` (left by an earlier datagram), and `ENOBUFS`, from receives and sends.
         /// Each is also published on ``UDPSocket/transientErrors``.
         public var transientErrorCount = 0
-        /// Datagrams the kernel took.
+        /// Datagrams the kernel took; a GSO send (``SendOptions/segmentSize``) counts as the
+        /// datagrams it makes, whether the kernel or the library cut it.
         public var datagramsSent = 0
         /// Payload bytes the kernel took.
         public var bytesSent = 0

@@ -179,10 +179,14 @@ ssize_t cuv_build_send_cmsgs(void *buffer, size_t capacity, int family, const un
     return (ssize_t)needed;
 }
 
-int cuv_has_segment_cmsg(const struct msghdr *message) {
+int cuv_segment_size(const struct msghdr *message) {
     if (message->msg_controllen == 0) return 0;
     for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(message); cmsg != NULL; cmsg = CMSG_NXTHDR((struct msghdr *)message, cmsg)) {
-        if (cmsg->cmsg_level == IPPROTO_UDP && cmsg->cmsg_type == CUV_UDP_SEGMENT) return 1;
+        if (cmsg->cmsg_level == IPPROTO_UDP && cmsg->cmsg_type == CUV_UDP_SEGMENT) {
+            uint16_t value;
+            memcpy(&value, CMSG_DATA(cmsg), sizeof value);
+            return value;
+        }
     }
     return 0;
 }

@@ -14,9 +14,17 @@ extension SendPath {
     /// message counts as not sent, to be cut by the library (the caller treats it as "would
     /// block"; the loop's queue then cuts it).
     func refusedGSO(_ code: Int32, _ message: UnsafePointer<msghdr>) -> Bool {
-        guard code == EIO || code == EINVAL || code == ENOPROTOOPT, cuv_has_segment_cmsg(message) != 0 else { return false }
+        guard code == EIO || code == EINVAL || code == ENOPROTOOPT, cuv_segment_size(message) != 0 else { return false }
         gsoRefusedFlag.store(true, ordering: .relaxed)
         return true
+    }
+
+    /// The datagrams a sent message put on the wire: its GSO segments, or 1.
+    @inline(__always)
+    static func wireDatagrams(_ message: UnsafePointer<msghdr>, bytes: Int) -> Int {
+        guard message.pointee.msg_controllen > 0 else { return 1 }
+        let size = Int(cuv_segment_size(message))
+        return size > 0 && bytes > size ? (bytes + size - 1) / size : 1
     }
 }
 

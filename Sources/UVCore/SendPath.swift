@@ -14,7 +14,7 @@ package enum SendAttempt: Sendable, Equatable {
 
 /// Counters of one socket, updated by whichever thread sends or receives.
 package final class SocketCounters: Sendable {
-    /// Datagrams the kernel took.
+    /// Datagrams the kernel took (a GSO send counts as its segments).
     package let datagramsSent = Atomic<Int>(0)
     /// Payload bytes the kernel took.
     package let bytesSent = Atomic<Int>(0)
@@ -89,7 +89,7 @@ package final class SendPath: Sendable {
     func send(_ message: UnsafeMutablePointer<msghdr>, bytes: Int) -> (SendAttempt, earlier: UVError?) {
         let result = cuv_sendmsg(fd, message)
         if result >= 0 {
-            noteSent(bytes: bytes)
+            noteSent(bytes: bytes, datagrams: Self.wireDatagrams(message, bytes: bytes))
             return (.sent, nil)
         }
         if refusedGSO(Int32(-result), message) { return (.wouldBlock, nil) }
@@ -97,7 +97,7 @@ package final class SendPath: Sendable {
             let again = cuv_sendmsg(fd, message)
             return again >= 0 ? 0 : Int32(-again)
         }
-        count(outcome, bytes: bytes, earlier: earlier)
+        count(outcome, bytes: bytes, datagrams: Self.wireDatagrams(message, bytes: bytes), earlier: earlier)
         return (outcome, earlier)
     }
 
@@ -115,7 +115,8 @@ package final class SendPath: Sendable {
             let sent = cuv_sendmmsg(fd, headers + index, UInt32(total - index))
             if sent > 0 {
                 for i in index..<(index + Int(sent)) {
-                    noteSent(bytes: Int(headers[i].msg_len))
+                    let bytes = Int(headers[i].msg_len)
+                    noteSent(bytes: bytes, datagrams: Self.wireDatagrams(&headers[i].msg_hdr, bytes: bytes))
                     report(i, .sent)
                 }
                 index += Int(sent)
@@ -130,7 +131,7 @@ package final class SendPath: Sendable {
                 return again >= 0 ? 0 : Int32(-again)
             }
             let bytes = Self.payloadLength(&header.pointee.msg_hdr)
-            count(outcome, bytes: bytes, earlier: earlier)
+            count(outcome, bytes: bytes, datagrams: Self.wireDatagrams(&header.pointee.msg_hdr, bytes: bytes), earlier: earlier)
             if let earlier { transient(earlier) }
             if outcome == .wouldBlock { return index }
             report(index, outcome)
@@ -139,10 +140,10 @@ package final class SendPath: Sendable {
         return total
     }
 
-    private func count(_ outcome: SendAttempt, bytes: Int, earlier: UVError?) {
+    private func count(_ outcome: SendAttempt, bytes: Int, datagrams: Int, earlier: UVError?) {
         if let earlier { noteTransient(earlier) }
         switch outcome {
-        case .sent: noteSent(bytes: bytes)
+        case .sent: noteSent(bytes: bytes, datagrams: datagrams)
         case .failed: noteFailed()
         case .wouldBlock: break
         }
@@ -168,10 +169,10 @@ package final class SendPath: Sendable {
         return (.failed(Syscall.error(second, "send")), error)
     }
 
-    /// Counts a datagram the kernel took.
+    /// Counts a datagram the kernel took (a GSO send: its `datagrams` segments).
     @inline(__always)
-    func noteSent(bytes: Int) {
-        counters.datagramsSent.add(1, ordering: .relaxed)
+    func noteSent(bytes: Int, datagrams: Int = 1) {
+        counters.datagramsSent.add(datagrams, ordering: .relaxed)
         counters.bytesSent.add(bytes, ordering: .relaxed)
     }
 

@@ -50,6 +50,8 @@ struct SocketGSOTests {
         try await Self.expectSegments(receiver, of: payload, size: 1_000)
         #expect(await receiver.statistics.datagramsReceived == 128)
         #expect(await sender.statistics.gsoFallbackCount == 0)
+        #expect(await sender.statistics.datagramsSent == 128, "a GSO send counts as its segments")
+        #expect(await sender.statistics.bytesSent == 128_000)
         await #expect(throws: UVError.invalidArgument) {
             try await sender.send(Self.bytes(6_500), to: receiver.localAddress, options: SendOptions(segmentSize: 100))
         }
@@ -73,6 +75,10 @@ struct SocketGSOTests {
         }
         try await sender.send([1, 2, 3], to: receiver.localAddress)
         #expect(try await receiver.receive().payload == [1, 2, 3])
+        let stats = await sender.statistics
+        #expect(stats.datagramsSent == 3 * 21 + 1)
+        #expect(stats.bytesSent == 3 * payload.count + 3)
+        #expect(stats.sendErrorCount == 0)
         await sender.close()
         await receiver.close()
     }

@@ -92,8 +92,8 @@ int cuv_set_receive_metadata(int fd, int is_ipv6, int ipv6_only, int options);
 /// datagrams of that size).
 ssize_t cuv_build_send_cmsgs(void *buffer, size_t capacity, int family, const unsigned char *source,
                              int traffic_class, int tos_family, int segment_size);
-/// Whether a message to send carries a UDP_SEGMENT control message.
-int cuv_has_segment_cmsg(const struct msghdr *message);
+/// The GSO segment size of a message to send (its UDP_SEGMENT control message), or 0.
+int cuv_segment_size(const struct msghdr *message);
 
 /// Linux UDP offload options (<linux/udp.h>).
 static const int CUV_UDP_SEGMENT = 103;
