@@ -20,6 +20,7 @@ public enum ECNCodepoint: UInt8, Sendable, Hashable, CaseIterable, CustomStringC
         self = ECNCodepoint(rawValue: trafficClass & 0b11)!
     }
 
+    /// The RFC 3168 name: "Not-ECT", "ECT(1)", "ECT(0)" or "CE".
     public var description: String {
         switch self {
         case .notECT: "Not-ECT"
@@ -34,8 +35,9 @@ public enum ECNCodepoint: UInt8, Sendable, Hashable, CaseIterable, CustomStringC
 ///
 /// Each option costs a little: the kernel writes a control message per datagram and AsyncUDP
 /// decodes it and allocates one small object per datagram. With none set (the default) receiving
-/// does no extra work at all.
+/// does no per-datagram work for metadata.
 public struct ReceiveMetadataOptions: OptionSet, Sendable, Hashable {
+    /// The option bits.
     public let rawValue: Int
     /// Creates options from their raw bits.
     public init(rawValue: Int) { self.rawValue = rawValue }
@@ -100,10 +102,12 @@ public struct WallClockTime: Sendable, Hashable, Comparable, CustomStringConvert
         .seconds(other.seconds - seconds) + .nanoseconds(other.nanoseconds - nanoseconds)
     }
 
+    /// Whether `lhs` is earlier than `rhs`.
     public static func < (lhs: WallClockTime, rhs: WallClockTime) -> Bool {
         (lhs.seconds, lhs.nanoseconds) < (rhs.seconds, rhs.nanoseconds)
     }
 
+    /// Seconds since the epoch with nine decimals, such as `1764979200.000000042`.
     public var description: String {
         let fraction = String(nanoseconds)
         return "\(seconds).\(String(repeating: "0", count: 9 - fraction.count))\(fraction)"
