@@ -81,6 +81,9 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
     let received = Atomic<Int>(0)
     let bytesReceived = Atomic<Int>(0)
     let truncated = Atomic<Int>(0)
+    /// The datagrams GRO buffers carried beyond the first of each (wire datagrams =
+    /// `received` + this).
+    let extraSegments = Atomic<Int>(0)
     /// The socket's send machine, also used for direct reads. Set once, on the loop, while the
     /// socket opens (before any consumer can see the queue).
     var sendPath: SendPath?
@@ -133,6 +136,8 @@ final class ReceiveQueue: DatagramReceiver, @unchecked Sendable {
         received.add(1, ordering: .relaxed)
         bytesReceived.add(datagram.payload.count, ordering: .relaxed)
         if datagram.isTruncated { truncated.add(1, ordering: .relaxed) }
+        let segments = datagram.segmentCount
+        if segments > 1 { extraSegments.add(segments - 1, ordering: .relaxed) }
     }
 
     func beginLoopRead() -> LoopReadPermission {

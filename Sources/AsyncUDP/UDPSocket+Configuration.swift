@@ -32,6 +32,11 @@ extension UDPSocket {
         public var receiveBufferSize: Int?
         /// If set, the socket's kernel send buffer (`SO_SNDBUF`; Linux doubles it).
         public var sendBufferSize: Int?
+        /// The metadata reported with each received datagram (`Datagram.metadata`): packet
+        /// info (destination address and interface), ECN codepoint, kernel receive time. Default
+        /// `[]`: none, and no per-datagram cost. See `ReceiveMetadataOptions` for what each
+        /// costs.
+        public var receiveMetadata: ReceiveMetadataOptions = []
         /// Earlier switch for batched reads: every socket now reads with `recvmmsg`, up to 32
         /// datagrams per system call, so this has no effect.
         @available(*, deprecated, message: "every socket reads with recvmmsg now; this has no effect")
@@ -51,6 +56,20 @@ extension UDPSocket {
             self.maximumDatagramSize = maximumDatagramSize
             self.receiveBufferSize = receiveBufferSize
             self.sendBufferSize = sendBufferSize
+        }
+
+        /// Creates a configuration that reports `receiveMetadata` with each datagram; the other
+        /// parameters as ``init(receiveQueueLimit:overflowPolicy:maximumDatagramSize:receiveBufferSize:sendBufferSize:)``.
+        public init(receiveQueueLimit: Int = 1024,
+                    overflowPolicy: OverflowPolicy = .dropNewest,
+                    maximumDatagramSize: Int = 65_536,
+                    receiveBufferSize: Int? = nil,
+                    sendBufferSize: Int? = nil,
+                    receiveMetadata: ReceiveMetadataOptions) {
+            self.init(receiveQueueLimit: receiveQueueLimit, overflowPolicy: overflowPolicy,
+                      maximumDatagramSize: maximumDatagramSize, receiveBufferSize: receiveBufferSize,
+                      sendBufferSize: sendBufferSize)
+            self.receiveMetadata = receiveMetadata
         }
 
         /// Creates a configuration; `batchedReceive` is ignored (every socket reads with
@@ -91,6 +110,10 @@ extension UDPSocket {
     public struct Statistics: Sendable, Hashable, CustomStringConvertible {
         /// Datagrams the library read from the socket.
         public var datagramsReceived = 0
+        /// Datagrams as their senders sent them: ``datagramsReceived``, except that a GRO buffer
+        /// (`ReceiveMetadataOptions.gro`) counts as the datagrams it carries
+        /// (`Datagram.segmentCount`).
+        public var wireDatagramsReceived = 0
         /// Payload bytes the library read from the socket.
         public var bytesReceived = 0
         /// Datagrams handed to user code (by a receive call or an iteration of
@@ -116,19 +139,24 @@ extension UDPSocket {
         /// `ENETUNREACH` (left by an earlier datagram), and `ENOBUFS`, from receives and sends.
         /// Each is also published on ``UDPSocket/transientErrors``.
         public var transientErrorCount = 0
-        /// Datagrams the kernel took.
+        /// Datagrams the kernel took; a GSO send (`SendOptions.segmentSize`) counts as the
+        /// datagrams it makes, whether the kernel or the library cut it.
         public var datagramsSent = 0
         /// Payload bytes the kernel took.
         public var bytesSent = 0
         /// Sends that failed with their own error: refused by a check (too large, wrong family,
         /// port 0) or by the kernel. A closed socket and cancellation are not counted.
         public var sendErrorCount = 0
+        /// GSO sends (`SendOptions.segmentSize`) that AsyncUDP cut into datagrams itself
+        /// because the kernel or the route refused GSO on this socket; after the first refusal,
+        /// every GSO send is.
+        public var gsoFallbackCount = 0
 
         /// Creates zeroed statistics.
         public init() {}
 
         public var description: String {
-            "received \(datagramsReceived) (\(bytesReceived) B), delivered \(datagramsDelivered), queued \(datagramsQueued) (peak \(peakDatagramsQueued)), dropped by policy \(datagramsDroppedByPolicy), reading pauses \(readingPauses), truncated \(datagramsTruncated), transient errors \(transientErrorCount), sent \(datagramsSent) (\(bytesSent) B), send errors \(sendErrorCount), dropped by kernel \(datagramsDroppedByKernel.map(String.init) ?? "n/a")"
+            "received \(datagramsReceived) (\(wireDatagramsReceived) on the wire, \(bytesReceived) B), delivered \(datagramsDelivered), queued \(datagramsQueued) (peak \(peakDatagramsQueued)), dropped by policy \(datagramsDroppedByPolicy), reading pauses \(readingPauses), truncated \(datagramsTruncated), transient errors \(transientErrorCount), sent \(datagramsSent) (\(bytesSent) B), send errors \(sendErrorCount), GSO fallbacks \(gsoFallbackCount), dropped by kernel \(datagramsDroppedByKernel.map(String.init) ?? "n/a")"
         }
 
         // MARK: Earlier names

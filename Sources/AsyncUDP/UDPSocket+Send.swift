@@ -66,6 +66,35 @@ extension UDPSocket {
         try await sendDatagram(try Self.joined(buffers), to: nil)
     }
 
+    /// Sends one datagram to `address` with per-send options: a source address (for a socket
+    /// bound to `0.0.0.0` or `[::]`) and an ECN codepoint; otherwise as
+    /// ``send(_:to:)-([UInt8],SocketAddress)``. Takes any contiguous bytes.
+    ///
+    /// ```swift
+    /// // Reply from the address the client sent to
+    /// // (with Configuration(receiveMetadata: .packetInfo)):
+    /// try await udp.send(reply, to: query.remote,
+    ///                    options: SendOptions(source: query.metadata?.destination))
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - bytes: The payload.
+    ///   - address: The destination.
+    ///   - options: The source address and the ECN codepoint.
+    /// - Throws: As ``send(_:to:)-([UInt8],SocketAddress)``, and `UVError.addressFamilyNotSupported`
+    ///   for a source of another family than the destination, `UVError.invalidArgument` for a
+    ///   multicast source or (from the kernel) a source that is not an address of this host.
+    nonisolated(nonsending) public func send<Bytes: Collection<UInt8>>(_ bytes: Bytes, to address: SocketAddress,
+                                                                      options: SendOptions) async throws {
+        try await sendDatagram(bytes, to: address, options: options.isEmpty ? nil : options)
+    }
+
+    /// Sends one datagram to the peer of a connected socket with per-send options; see
+    /// ``send(_:to:options:)``.
+    nonisolated(nonsending) public func send<Bytes: Collection<UInt8>>(_ bytes: Bytes, options: SendOptions) async throws {
+        try await sendDatagram(bytes, to: nil, options: options.isEmpty ? nil : options)
+    }
+
     /// One buffer from several; an empty list is refused.
     private static func joined<Buffers: Collection>(_ buffers: Buffers) throws -> [UInt8] where Buffers.Element: Collection<UInt8> {
         guard let first = buffers.first else {
@@ -89,32 +118,36 @@ extension UDPSocket {
         case hop
     }
 
-    nonisolated(nonsending) private func sendDatagram<Bytes: Collection<UInt8>>(_ bytes: Bytes, to address: SocketAddress?) async throws {
+    nonisolated(nonsending) private func sendDatagram<Bytes: Collection<UInt8>>(_ bytes: Bytes, to address: SocketAddress?,
+                                                                               options: SendOptions? = nil) async throws {
         try Task.checkCancellation()
         let fast: Fast
-        if let outcome = try bytes.withContiguousStorageIfAvailable({ try sendFast(UnsafeRawBufferPointer($0), to: address) }) {
+        if let outcome = try bytes.withContiguousStorageIfAvailable({
+            try sendFast(UnsafeRawBufferPointer($0), to: address, options: options)
+        }) {
             fast = outcome
         } else {
-            fast = try Array(bytes).withUnsafeBytes { try sendFast($0, to: address) }
+            fast = try Array(bytes).withUnsafeBytes { try sendFast($0, to: address, options: options) }
         }
         switch fast {
         case .sent:
             if shouldYield() { await Task.yield() }
         case .queue(let socketIsFull):
             // Still on the loop thread: nothing ran since the attempt.
-            try await queueOnLoop(Array(bytes), to: address, socketIsFull: socketIsFull)
+            try await queueOnLoop(Array(bytes), to: address, options: options, socketIsFull: socketIsFull)
         case .hop:
-            try await sendThroughLoop(Array(bytes), to: address)
+            try await sendThroughLoop(Array(bytes), to: address, options: options)
         }
     }
 
     /// Sends now if that needs no waiting: on the loop through the handle, elsewhere straight
     /// from this thread when the loop holds nothing. Throws the datagram's own error.
-    private nonisolated func sendFast(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?) throws -> Fast {
+    private nonisolated func sendFast(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?,
+                                      options: SendOptions?) throws -> Fast {
         if loop.inLoop {
             let handle = handleBox.value
-            try handle.prepareSend(to: address, size: bytes.count)
-            switch handle.sendNow(bytes, to: address) {
+            try handle.prepareSend(to: address, size: bytes.count, options: options)
+            switch handle.sendNow(bytes, to: address, options: options) {
             case .sent?: return .sent
             case .failed(let error)?: throw error
             case .wouldBlock?: return .queue(socketIsFull: true)
@@ -122,12 +155,13 @@ extension UDPSocket {
             }
         }
         do {
-            try target.validate(to: address, size: bytes.count)
+            try target.validate(to: address, size: bytes.count, options: options)
         } catch {
             sendPath.noteFailed()
             throw error
         }
-        guard let (attempt, earlier) = sendPath.sendDirect(bytes, to: address) else { return .hop }
+        guard let (attempt, earlier) = sendPath.sendDirect(bytes, to: address, options: options,
+                                                           target: options == nil ? nil : target) else { return .hop }
         if let earlier { transient.publish(earlier) }
         switch attempt {
         case .sent: return .sent
@@ -136,23 +170,27 @@ extension UDPSocket {
         }
     }
 
-    /// On the loop: waits in the queue for the kernel's answer.
-    private nonisolated func queueOnLoop(_ bytes: [UInt8], to address: SocketAddress?, socketIsFull: Bool) async throws {
+    /// On the loop: waits in the queue for the kernel's answer. `nonisolated(nonsending)`, so it
+    /// stays on the caller's executor (the loop): a plain `nonisolated async` function would run
+    /// on the global executor and touch the handle off its thread.
+    nonisolated(nonsending) private func queueOnLoop(_ bytes: [UInt8], to address: SocketAddress?, options: SendOptions?,
+                                         socketIsFull: Bool) async throws {
         let handle = handleBox.value
         let outcome: UVError? = await withUnsafeContinuation { continuation in
             bytes.withUnsafeBytes { raw in
-                handle.enqueue(QueuedSend(copying: raw, to: address, completion: .resume(continuation)), socketIsFull: socketIsFull)
+                handle.enqueue(QueuedSend(copying: raw, to: address, options: options, completion: .resume(continuation)),
+                               socketIsFull: socketIsFull)
             }
         }
         try Self.check(outcome)
     }
 
     /// Off the loop, when the direct path cannot send: on the loop, send or queue.
-    private func sendThroughLoop(_ bytes: [UInt8], to address: SocketAddress?) async throws {
+    private func sendThroughLoop(_ bytes: [UInt8], to address: SocketAddress?, options: SendOptions?) async throws {
         try Task.checkCancellation()
-        let fast = try bytes.withUnsafeBytes { try sendFast($0, to: address) }
+        let fast = try bytes.withUnsafeBytes { try sendFast($0, to: address, options: options) }
         if case .queue(let socketIsFull) = fast {
-            try await queueOnLoop(bytes, to: address, socketIsFull: socketIsFull)
+            try await queueOnLoop(bytes, to: address, options: options, socketIsFull: socketIsFull)
         }
     }
 

@@ -126,6 +126,7 @@ public actor UDPSocket {
                 try handle.setMaximumDatagramSize(configuration.maximumDatagramSize)
                 if let size = configuration.receiveBufferSize { try handle.setReceiveBufferSize(size) }
                 if let size = configuration.sendBufferSize { try handle.setSendBufferSize(size) }
+                if !configuration.receiveMetadata.isEmpty { try handle.setReceiveMetadata(configuration.receiveMetadata) }
                 guard let sendPath = handle.sendPath else {
                     throw UVError.badFileDescriptor.with(context: "the socket was not created")
                 }
@@ -195,6 +196,7 @@ public actor UDPSocket {
         stats.datagramsDelivered = queue.delivered.load(ordering: .acquiring)
         stats.datagramsReceived = queue.received.load(ordering: .acquiring)
         stats.bytesReceived = queue.bytesReceived.load(ordering: .relaxed)
+        stats.wireDatagramsReceived = stats.datagramsReceived + queue.extraSegments.load(ordering: .relaxed)
         stats.datagramsTruncated = queue.truncated.load(ordering: .relaxed)
         stats.datagramsDroppedByPolicy = queue.droppedByPolicy
         stats.readingPauses = queue.readingPauses
@@ -204,6 +206,7 @@ public actor UDPSocket {
         stats.datagramsSent = counters.datagramsSent.load(ordering: .relaxed)
         stats.bytesSent = counters.bytesSent.load(ordering: .relaxed)
         stats.sendErrorCount = counters.sendErrors.load(ordering: .relaxed)
+        stats.gsoFallbackCount = counters.gsoFallbacks.load(ordering: .relaxed)
         stats.datagramsDroppedByKernel = handle.isClosed ? queue.finalKernelDrops : handle.kernelDrops
         return stats
     }

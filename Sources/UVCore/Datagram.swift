@@ -8,6 +8,31 @@ public struct Datagram: Sendable, Hashable {
     /// `UV_UDP_PARTIAL`). The default receive buffer holds any datagram, so this is only `true`
     /// when a smaller maximum size was asked for.
     public var isTruncated: Bool
+    /// Kept out of line: a datagram without metadata pays one word for it.
+    private var metadataBox: DatagramMetadataBox?
+
+    /// What the kernel reported with the datagram (destination address, interface, ECN,
+    /// receive time), for a socket that asked for it with ``ReceiveMetadataOptions``; `nil`
+    /// otherwise.
+    public var metadata: Metadata? {
+        get { metadataBox?.value }
+        set { metadataBox = newValue.map(DatagramMetadataBox.init) }
+    }
+
+    /// The datagrams this buffer carries: with ``ReceiveMetadataOptions/gro`` the kernel may
+    /// coalesce several same-size datagrams of one sender into one buffer
+    /// (``Metadata/segmentSize``); these are its pieces, as slices of ``payload`` (no copy).
+    /// Without GRO, the whole payload.
+    public var segments: [ArraySlice<UInt8>] {
+        guard let size = metadataBox?.value.segmentSize, size > 0, payload.count > size else { return [payload[...]] }
+        return stride(from: 0, to: payload.count, by: size).map { payload[$0..<min(payload.count, $0 + size)] }
+    }
+
+    /// How many datagrams this buffer carries: 1, or more for a GRO buffer (see ``segments``).
+    public var segmentCount: Int {
+        guard let size = metadataBox?.value.segmentSize, size > 0, payload.count > size else { return 1 }
+        return (payload.count + size - 1) / size
+    }
 
     /// Creates a datagram value.
     ///
@@ -15,10 +40,12 @@ public struct Datagram: Sendable, Hashable {
     ///   - payload: The bytes.
     ///   - remote: The sender of a received datagram; the destination of one to send.
     ///   - isTruncated: Whether the payload lost its tail on receipt.
-    public init(payload: [UInt8], remote: SocketAddress, isTruncated: Bool = false) {
+    ///   - metadata: What the kernel reported with a received datagram.
+    public init(payload: [UInt8], remote: SocketAddress, isTruncated: Bool = false, metadata: Metadata? = nil) {
         self.payload = payload
         self.remote = remote
         self.isTruncated = isTruncated
+        self.metadataBox = metadata.map(DatagramMetadataBox.init)
     }
 
     /// Creates a datagram whose payload is the UTF-8 bytes of `string`.

@@ -31,6 +31,7 @@ extension SendPath {
         let buffers = DirectReadBuffers.checkOut()
         defer { DirectReadBuffers.checkIn(buffers) }
         let wanted = min(maxCount, DirectReadBuffers.messages)
+        let withMetadata = !receiveMetadataOptions.isEmpty
         for index in 0..<wanted {
             let iov = buffers.iovecs + index
             iov.pointee = iovec(iov_base: buffers.chunk(index), iov_len: maximumDatagramSize)
@@ -39,6 +40,7 @@ extension SendPath {
             header.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
             header.msg_iov = iov
             header.msg_iovlen = 1
+            if withMetadata { Self.attachControl(&header, buffers.control + index * IOScratch.controlSize) }
             buffers.headers[index] = cuv_mmsghdr(msg_hdr: header, msg_len: 0)
         }
         let count = cuv_recvmmsg(fd, buffers.headers, UInt32(wanted))
@@ -52,6 +54,7 @@ extension SendPath {
             }
             return .failed(error)
         }
+        let localPort = withMetadata ? localPortForMetadata() : 0
         var datagrams: [Datagram] = []
         datagrams.reserveCapacity(Int(count))
         for index in 0..<Int(count) {
@@ -62,7 +65,9 @@ extension SendPath {
             guard let remote = SocketAddress(name) else { continue }
             let payload = [UInt8](UnsafeRawBufferPointer(start: buffers.chunk(index), count: kept))
             let truncated = header.msg_hdr.msg_flags & Int32(MSG_TRUNC) != 0 || kept < length
-            datagrams.append(Datagram(payload: payload, remote: remote, isTruncated: truncated))
+            var datagram = Datagram(payload: payload, remote: remote, isTruncated: truncated)
+            if withMetadata { datagram.metadata = metadata(of: buffers.headers + index, localPort: localPort) }
+            datagrams.append(datagram)
         }
         counters.datagramsRead.add(Int(count), ordering: .relaxed)
         return datagrams.isEmpty ? .wouldBlock : .datagrams(datagrams)
@@ -79,6 +84,9 @@ final class DirectReadBuffers: @unchecked Sendable {
     let headers: UnsafeMutablePointer<cuv_mmsghdr>
     let iovecs: UnsafeMutablePointer<iovec>
     let names: UnsafeMutablePointer<sockaddr_storage>
+    /// Control-message buffers, ``IOScratch/controlSize`` bytes per message (used only with
+    /// receive metadata).
+    let control: UnsafeMutableRawPointer
     /// `messages` chunks of 64 KiB; only the pages a datagram touches become resident.
     let slab: UnsafeMutableRawPointer
 
@@ -89,6 +97,7 @@ final class DirectReadBuffers: @unchecked Sendable {
         iovecs.initialize(repeating: iovec(), count: Self.messages)
         names = .allocate(capacity: Self.messages)
         names.initialize(repeating: sockaddr_storage(), count: Self.messages)
+        control = .allocate(byteCount: IOScratch.controlSize * Self.messages, alignment: 16)
         slab = .allocate(byteCount: IOScratch.chunkSize * Self.messages, alignment: 16)
     }
 
@@ -96,6 +105,7 @@ final class DirectReadBuffers: @unchecked Sendable {
         headers.deallocate()
         iovecs.deallocate()
         names.deallocate()
+        control.deallocate()
         slab.deallocate()
     }
 

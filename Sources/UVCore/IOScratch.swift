@@ -105,16 +105,20 @@ package struct QueuedSend {
     /// The payload, owned (allocated for the queue, freed when the send completes).
     let payload: UnsafeMutableRawBufferPointer
     let destination: SocketAddress?
+    /// Per-send options (source address, ECN); `nil` for a plain send.
+    let options: SendOptions?
     let completion: SendCompletion
 
     /// Copies `bytes` for the queue.
-    package init(copying bytes: UnsafeRawBufferPointer, to destination: SocketAddress?, completion: SendCompletion) {
+    package init(copying bytes: UnsafeRawBufferPointer, to destination: SocketAddress?, options: SendOptions? = nil,
+                 completion: SendCompletion) {
         let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 1)
         if let base = bytes.baseAddress, bytes.count > 0 {
             storage.baseAddress!.copyMemory(from: base, byteCount: bytes.count)
         }
         payload = UnsafeMutableRawBufferPointer(start: storage.baseAddress, count: bytes.count)
         self.destination = destination
+        self.options = options
         self.completion = completion
     }
 
@@ -134,6 +138,7 @@ package struct QueuedSend {
         }
         payload = UnsafeMutableRawBufferPointer(start: storage.baseAddress, count: total)
         self.destination = destination
+        self.options = nil
         self.completion = completion
     }
 

@@ -14,7 +14,7 @@ package enum SendAttempt: Sendable, Equatable {
 
 /// Counters of one socket, updated by whichever thread sends or receives.
 package final class SocketCounters: Sendable {
-    /// Datagrams the kernel took.
+    /// Datagrams the kernel took (a GSO send counts as its segments).
     package let datagramsSent = Atomic<Int>(0)
     /// Payload bytes the kernel took.
     package let bytesSent = Atomic<Int>(0)
@@ -24,6 +24,8 @@ package final class SocketCounters: Sendable {
     package let transientErrors = Atomic<Int>(0)
     /// Datagrams read from the socket.
     package let datagramsRead = Atomic<Int>(0)
+    /// GSO sends the library cut into datagrams itself because the kernel refused GSO.
+    package let gsoFallbacks = Atomic<Int>(0)
 
     package init() {}
 }
@@ -61,6 +63,11 @@ package final class SendPath: Sendable {
     private let gate = Atomic<Int>(0)
     private let connected = Atomic<Bool>(false)
     private let closeHandoff = LockedBox<(@Sendable () -> Void)?>(nil)
+    /// Receive metadata: the ``ReceiveMetadataOptions`` bits (0-7), a "local port known" bit
+    /// (8) and the local port (16-31). Read by whichever thread reads the socket.
+    let receiveMetadataWord = Atomic<Int>(0)
+    /// The kernel refused a GSO send on this socket: GSO sends are cut by the library from now on.
+    let gsoRefusedFlag = Atomic<Bool>(false)
 
     init(fd: Int32, counters: SocketCounters) {
         self.fd = fd
@@ -82,14 +89,15 @@ package final class SendPath: Sendable {
     func send(_ message: UnsafeMutablePointer<msghdr>, bytes: Int) -> (SendAttempt, earlier: UVError?) {
         let result = cuv_sendmsg(fd, message)
         if result >= 0 {
-            noteSent(bytes: bytes)
+            noteSent(bytes: bytes, datagrams: Self.wireDatagrams(message, bytes: bytes))
             return (.sent, nil)
         }
+        if refusedGSO(Int32(-result), message) { return (.wouldBlock, nil) }
         let (outcome, earlier) = attribute(failure: Int32(-result)) {
             let again = cuv_sendmsg(fd, message)
             return again >= 0 ? 0 : Int32(-again)
         }
-        count(outcome, bytes: bytes, earlier: earlier)
+        count(outcome, bytes: bytes, datagrams: Self.wireDatagrams(message, bytes: bytes), earlier: earlier)
         return (outcome, earlier)
     }
 
@@ -107,7 +115,8 @@ package final class SendPath: Sendable {
             let sent = cuv_sendmmsg(fd, headers + index, UInt32(total - index))
             if sent > 0 {
                 for i in index..<(index + Int(sent)) {
-                    noteSent(bytes: Int(headers[i].msg_len))
+                    let bytes = Int(headers[i].msg_len)
+                    noteSent(bytes: bytes, datagrams: Self.wireDatagrams(&headers[i].msg_hdr, bytes: bytes))
                     report(i, .sent)
                 }
                 index += Int(sent)
@@ -116,12 +125,13 @@ package final class SendPath: Sendable {
             // The first message failed (after a partial batch the kernel keeps that message's
             // error and reports it here, on the next call).
             let header = headers + index
+            if sent < 0, refusedGSO(Int32(-sent), &header.pointee.msg_hdr) { return index }
             let (outcome, earlier) = attribute(failure: sent == 0 ? EAGAIN : Int32(-sent)) {
                 let again = cuv_sendmsg(fd, &header.pointee.msg_hdr)
                 return again >= 0 ? 0 : Int32(-again)
             }
             let bytes = Self.payloadLength(&header.pointee.msg_hdr)
-            count(outcome, bytes: bytes, earlier: earlier)
+            count(outcome, bytes: bytes, datagrams: Self.wireDatagrams(&header.pointee.msg_hdr, bytes: bytes), earlier: earlier)
             if let earlier { transient(earlier) }
             if outcome == .wouldBlock { return index }
             report(index, outcome)
@@ -130,10 +140,10 @@ package final class SendPath: Sendable {
         return total
     }
 
-    private func count(_ outcome: SendAttempt, bytes: Int, earlier: UVError?) {
+    private func count(_ outcome: SendAttempt, bytes: Int, datagrams: Int, earlier: UVError?) {
         if let earlier { noteTransient(earlier) }
         switch outcome {
-        case .sent: noteSent(bytes: bytes)
+        case .sent: noteSent(bytes: bytes, datagrams: datagrams)
         case .failed: noteFailed()
         case .wouldBlock: break
         }
@@ -159,10 +169,10 @@ package final class SendPath: Sendable {
         return (.failed(Syscall.error(second, "send")), error)
     }
 
-    /// Counts a datagram the kernel took.
+    /// Counts a datagram the kernel took (a GSO send: its `datagrams` segments).
     @inline(__always)
-    func noteSent(bytes: Int) {
-        counters.datagramsSent.add(1, ordering: .relaxed)
+    func noteSent(bytes: Int, datagrams: Int = 1) {
+        counters.datagramsSent.add(datagrams, ordering: .relaxed)
         counters.bytesSent.add(bytes, ordering: .relaxed)
     }
 
@@ -261,9 +271,19 @@ extension SendPath {
     ///
     /// - Returns: `nil` when the gate is shut (the caller goes through the loop); else the
     ///   outcome, counted, with an earlier datagram's error for the caller to publish.
-    package func sendDirect(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?) -> (SendAttempt, earlier: UVError?)? {
+    package func sendDirect(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?,
+                            options: SendOptions? = nil, target: SendTarget? = nil) -> (SendAttempt, earlier: UVError?)? {
+        if options?.segmentSize != nil && gsoRefused { return nil }  // the loop cuts it
         guard enter() else { return nil }
         defer { leave() }
+        return sendOne(bytes, to: address, options: options, target: target)
+    }
+
+    /// Sends one datagram with `sendmsg` (with the control messages of `options`; `target`
+    /// gives the peer and family they are written for), applying the attribution rule. The
+    /// caller holds the right to send (the loop thread, or inside the gate).
+    func sendOne(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?,
+                 options: SendOptions?, target: SendTarget?) -> (SendAttempt, earlier: UVError?) {
         var name = sockaddr_storage()
         var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
         var message = msghdr()
@@ -275,7 +295,16 @@ extension SendPath {
                     message.msg_name = UnsafeMutableRawPointer(namePointer)
                     message.msg_namelen = address.write(to: namePointer)
                 }
-                return send(&message, bytes: bytes.count)
+                guard let options, !options.isEmpty else { return send(&message, bytes: bytes.count) }
+                return withUnsafeTemporaryAllocation(byteCount: SendOptions.controlCapacity, alignment: 16) { control in
+                    let length = options.writeControl(to: control.baseAddress!, destination: address ?? target?.peer,
+                                                      family: target?.destinationFamily(address) ?? address?.family ?? .ipv4)
+                    if length > 0 {
+                        message.msg_control = control.baseAddress
+                        message.msg_controllen = length
+                    }
+                    return send(&message, bytes: bytes.count)
+                }
             }
         }
     }

@@ -211,6 +211,8 @@ extension UDPHandle {
         }
         defer { receiver?.endLoopRead() }
         let fd = sendPath.fd
+        let withMetadata = !sendPath.receiveMetadataOptions.isEmpty
+        let localPort = withMetadata ? sendPath.localPortForMetadata() : 0
         deliveringBatch = true
         var read = 0
         reading: while receiving && state == .open && read < Self.readsPerEvent {
@@ -223,7 +225,7 @@ extension UDPHandle {
                 }
                 wanted = min(wanted, budget)
             }
-            prepareReceive(wanted)
+            prepareReceive(wanted, withControl: withMetadata)
             let count = cuv_recvmmsg(fd, scratch.headers, UInt32(wanted))
             if count < 0 {
                 let code = -count
@@ -246,7 +248,8 @@ extension UDPHandle {
                 guard let remote = SocketAddress(scratch.name(index).assumingMemoryBound(to: sockaddr.self)) else { continue }
                 let payload = [UInt8](UnsafeRawBufferPointer(start: scratch.chunk(index), count: kept))
                 let truncated = header.msg_hdr.msg_flags & Int32(MSG_TRUNC) != 0 || kept < length
-                let datagram = Datagram(payload: payload, remote: remote, isTruncated: truncated)
+                var datagram = Datagram(payload: payload, remote: remote, isTruncated: truncated)
+                if withMetadata { datagram.metadata = sendPath.metadata(of: scratch.headers + index, localPort: localPort) }
                 if receiving && state == .open {
                     deliver(.success(datagram), fatal: false)
                 } else if state == .open {
@@ -263,8 +266,9 @@ extension UDPHandle {
         updatePollEvents()
     }
 
-    /// Points the first `count` scratch messages at receive chunks of the maximum size.
-    private func prepareReceive(_ count: Int) {
+    /// Points the first `count` scratch messages at receive chunks of the maximum size (and,
+    /// `withControl`, at control buffers for metadata).
+    private func prepareReceive(_ count: Int, withControl: Bool) {
         for index in 0..<count {
             let iov = scratch.iovecs + index
             iov.pointee = iovec(iov_base: scratch.chunk(index), iov_len: maximumDatagramSize)
@@ -273,6 +277,7 @@ extension UDPHandle {
             header.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
             header.msg_iov = iov
             header.msg_iovlen = 1
+            if withControl { SendPath.attachControl(&header, scratch.controlBuffer(index)) }
             scratch.headers[index] = cuv_mmsghdr(msg_hdr: header, msg_len: 0)
         }
     }

@@ -47,16 +47,44 @@ extension UDPHandle {
 
     /// Queues one datagram for sending; see ``send(_:to:onSend:)-([[UInt8]],_,_)``.
     public func send(_ bytes: [UInt8], to address: SocketAddress? = nil, onSend: SendHandler? = nil) throws {
+        try sendOne(bytes, to: address, options: nil, onSend: onSend)
+    }
+
+    /// Queues one datagram for sending with per-send options: a source address (for a handle
+    /// bound to a wildcard address) and an ECN codepoint. Otherwise as
+    /// ``send(_:to:onSend:)-([[UInt8]],_,_)``.
+    ///
+    /// ```swift
+    /// // Reply from the address the client sent to (needs .packetInfo receive metadata):
+    /// try handle.send(reply, to: query.remote, options: SendOptions(source: query.metadata?.destination))
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - bytes: The payload.
+    ///   - address: The destination; `nil` for a connected handle.
+    ///   - options: The source address and ECN codepoint.
+    ///   - onSend: Called once with the outcome.
+    /// - Throws: As ``send(_:to:onSend:)-([[UInt8]],_,_)``, and
+    ///   ``UVError/addressFamilyNotSupported`` for a source of another family than the
+    ///   destination; ``UVError/invalidArgument`` for a multicast source. A source that is not an
+    ///   address of this host fails the send (``UVError/invalidArgument`` from the kernel), through
+    ///   `onSend`.
+    public func send(_ bytes: [UInt8], to address: SocketAddress? = nil, options: SendOptions,
+                     onSend: SendHandler? = nil) throws {
+        try sendOne(bytes, to: address, options: options.isEmpty ? nil : options, onSend: onSend)
+    }
+
+    private func sendOne(_ bytes: [UInt8], to address: SocketAddress?, options: SendOptions?, onSend: SendHandler?) throws {
         try checkOpen("send")
-        try prepareSend(to: address, size: bytes.count)
+        try prepareSend(to: address, size: bytes.count, options: options)
         let completion: SendCompletion = onSend.map { .callback($0) } ?? .none
         bytes.withUnsafeBytes { raw in
-            let attempt = sendNow(raw, to: address)
+            let attempt = sendNow(raw, to: address, options: options)
             switch attempt {
             case .sent?: finish(completion, nil)
             case .failed(let error)?: finish(completion, error)
-            case .wouldBlock?: enqueue(QueuedSend(copying: raw, to: address, completion: completion), socketIsFull: true)
-            case nil: enqueue(QueuedSend(copying: raw, to: address, completion: completion))
+            case .wouldBlock?: enqueue(QueuedSend(copying: raw, to: address, options: options, completion: completion), socketIsFull: true)
+            case nil: enqueue(QueuedSend(copying: raw, to: address, options: options, completion: completion))
             }
         }
     }
@@ -70,10 +98,24 @@ extension UDPHandle {
     ///   enabled, for example); the same synchronous checks as ``send(_:to:onSend:)-([[UInt8]],_,_)``.
     @discardableResult
     public func trySend(_ bytes: [UInt8], to address: SocketAddress? = nil) throws -> Int {
+        try trySend(bytes, to: address, options: SendOptions())
+    }
+
+    /// Sends one datagram now, with per-send options (source address, ECN), if the kernel will
+    /// take it without waiting; see ``trySend(_:to:)-([UInt8],_)`` and
+    /// ``send(_:to:options:onSend:)``.
+    ///
+    /// - Returns: The number of bytes sent.
+    /// - Throws: As ``trySend(_:to:)-([UInt8],_)``, and the option checks of
+    ///   ``send(_:to:options:onSend:)``. A GSO send on a handle where the kernel refused GSO
+    ///   throws ``UVError/wouldBlock``: only ``send(_:to:options:onSend:)`` cuts it.
+    @discardableResult
+    public func trySend(_ bytes: [UInt8], to address: SocketAddress? = nil, options: SendOptions) throws -> Int {
         try checkOpen("trySend")
-        try prepareSend(to: address, size: bytes.count)
+        let options = options.isEmpty ? nil : options
+        try prepareSend(to: address, size: bytes.count, options: options)
         guard sendQueue.isEmpty else { throw UVError.wouldBlock.with(context: "trySend: sends are queued") }
-        let attempt = bytes.withUnsafeBytes { sendNow($0, to: address, evenDuringBatch: true) }
+        let attempt = bytes.withUnsafeBytes { sendNow($0, to: address, options: options, evenDuringBatch: true) }
         switch attempt {
         case .sent?: return bytes.count
         case .failed(let error)?: throw error.with(context: "trySend")
@@ -162,10 +204,10 @@ extension UDPHandle {
 
     /// The checks of every send, then a socket to send from (an unbound handle is bound to the
     /// wildcard address of the destination's family, as libuv does).
-    package func prepareSend(to address: SocketAddress?, size: Int) throws {
+    package func prepareSend(to address: SocketAddress?, size: Int, options: SendOptions? = nil) throws {
         try checkOpen("send")
         do {
-            try sendTarget.validate(to: address, size: size)
+            try sendTarget.validate(to: address, size: size, options: options)
         } catch {
             counters.sendErrors.add(1, ordering: .relaxed)
             throw error
@@ -185,24 +227,13 @@ extension UDPHandle {
     ///
     /// - Parameter evenDuringBatch: Send now even while a read batch is delivered (`trySend`:
     ///   "now or not at all"), as long as nothing is queued.
-    package func sendNow(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?, evenDuringBatch: Bool = false) -> SendAttempt? {
-        guard sendQueue.isEmpty, state == .open, evenDuringBatch || !deliveringBatch, let sendPath else { return nil }
-        var name = sockaddr_storage()
-        var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
-        var message = msghdr()
-        return withUnsafeMutablePointer(to: &iov) { iovPointer in
-            withUnsafeMutablePointer(to: &name) { namePointer in
-                message.msg_iov = iovPointer
-                message.msg_iovlen = 1
-                if let address {
-                    message.msg_name = UnsafeMutableRawPointer(namePointer)
-                    message.msg_namelen = address.write(to: namePointer)
-                }
-                let (attempt, earlier) = sendPath.send(&message, bytes: bytes.count)
-                if let earlier { reportTransient(earlier) }
-                return attempt
-            }
-        }
+    package func sendNow(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress?, options: SendOptions? = nil,
+                         evenDuringBatch: Bool = false) -> SendAttempt? {
+        guard sendQueue.isEmpty, state == .open, evenDuringBatch || !deliveringBatch, let sendPath, !mustCutGSO(options) else { return nil }
+        let (attempt, earlier) = sendPath.sendOne(bytes, to: address, options: options,
+                                                  target: options == nil ? nil : sendTarget)
+        if let earlier { reportTransient(earlier) }
+        return attempt
     }
 
     /// Adds a datagram to the send queue; it goes out after those ahead of it.
@@ -230,10 +261,11 @@ extension UDPHandle {
         flushScheduled = false
         guard state == .open, let sendPath else { return }
         while !sendQueue.isEmpty {
+            cutRefusedGSOSends()
             let count = min(sendQueue.count, IOScratch.messages)
             for slot in 0..<count {
                 let queued = sendQueue[slot]
-                fill(slot, payload: UnsafeRawBufferPointer(queued.payload), to: queued.destination)
+                fill(slot, payload: UnsafeRawBufferPointer(queued.payload), to: queued.destination, options: queued.options)
             }
             var finished = 0
             let completed = sendPath.sendBatch(scratch.headers, count: count,
@@ -252,7 +284,7 @@ extension UDPHandle {
 
     /// Points scratch message `slot` at `payload`, addressed to `address`.
     @inline(__always)
-    private func fill(_ slot: Int, payload: UnsafeRawBufferPointer, to address: SocketAddress?) {
+    private func fill(_ slot: Int, payload: UnsafeRawBufferPointer, to address: SocketAddress?, options: SendOptions? = nil) {
         let iov = scratch.iovecs + slot
         iov.pointee = iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress), iov_len: payload.count)
         var header = msghdr()
@@ -261,6 +293,14 @@ extension UDPHandle {
         if let address {
             header.msg_name = scratch.name(slot)
             header.msg_namelen = address.write(to: scratch.name(slot))
+        }
+        if let options {
+            let length = options.writeControl(to: scratch.controlBuffer(slot), destination: address ?? peer,
+                                              family: sendTarget.destinationFamily(address))
+            if length > 0 {
+                header.msg_control = scratch.controlBuffer(slot)
+                header.msg_controllen = length
+            }
         }
         scratch.headers[slot] = cuv_mmsghdr(msg_hdr: header, msg_len: 0)
     }

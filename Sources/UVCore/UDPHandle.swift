@@ -250,6 +250,18 @@ package struct SendTarget: Sendable {
         return datagram.remote
     }
 
+    /// The checks of ``validate(to:size:)``, and those of the send options.
+    package func validate(to address: SocketAddress?, size: Int, options: SendOptions?) throws(UVError) {
+        try validate(to: address, size: size)
+        if let options { try options.validate(destinationFamily: destinationFamily(address), size: size) }
+    }
+
+    /// The family of a datagram's destination: `address`'s, or the peer's (IPv4 when neither is
+    /// known; a send without either is refused first).
+    package func destinationFamily(_ address: SocketAddress?) -> AddressFamily {
+        address?.family ?? peer?.family ?? family ?? .ipv4
+    }
+
     /// The checks every send makes before anything reaches the kernel: the destination (or its
     /// absence on a connected socket), its family and port, and the size limit.
     package func validate(to address: SocketAddress?, size: Int) throws(UVError) {
