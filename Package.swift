@@ -71,7 +71,7 @@ let package = Package(
         example("dns-query"),
         .target(
             name: "TestSupport",
-            dependencies: ["AsyncUDP"],
+            dependencies: ["AsyncUDP", "AsyncUDPTesting"],
             path: "Tests/TestSupport",
             swiftSettings: strictSettings
         ),
