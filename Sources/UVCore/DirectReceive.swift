@@ -32,9 +32,11 @@ extension SendPath {
         defer { DirectReadBuffers.checkIn(buffers) }
         let wanted = min(maxCount, DirectReadBuffers.messages)
         let withMetadata = !receiveMetadataOptions.isEmpty
+        // With GRO, the whole chunk (see UDPHandle.prepareReceive).
+        let readLength = receiveMetadataOptions.contains(.gro) ? IOScratch.chunkSize : maximumDatagramSize
         for index in 0..<wanted {
             let iov = buffers.iovecs + index
-            iov.pointee = iovec(iov_base: buffers.chunk(index), iov_len: maximumDatagramSize)
+            iov.pointee = iovec(iov_base: buffers.chunk(index), iov_len: readLength)
             var header = msghdr()
             header.msg_name = UnsafeMutableRawPointer(buffers.names + index)
             header.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -60,7 +62,7 @@ extension SendPath {
         for index in 0..<Int(count) {
             let header = buffers.headers[index]
             let length = Int(header.msg_len)
-            let kept = min(length, maximumDatagramSize)
+            let kept = min(length, readLength)
             let name = UnsafeRawPointer(buffers.names + index).assumingMemoryBound(to: sockaddr.self)
             guard let remote = SocketAddress(name) else { continue }
             let payload = [UInt8](UnsafeRawBufferPointer(start: buffers.chunk(index), count: kept))

@@ -14,6 +14,11 @@ final class IOScratch {
     /// Control-message bytes per message (packet info, ECN, timestamps, segment sizes).
     static let controlSize = 256
 
+    /// A read batch of some handle on this loop is being delivered from these buffers: until it
+    /// ends, no handle may use them to send (a receive callback that sends on another handle
+    /// queues, and that handle flushes at the end of the turn). Loop thread only.
+    var readInProgress = false
+
     let headers: UnsafeMutablePointer<cuv_mmsghdr>
     let iovecs: UnsafeMutablePointer<iovec>
     let names: UnsafeMutablePointer<sockaddr_storage>

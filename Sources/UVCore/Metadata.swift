@@ -72,9 +72,9 @@ public struct ReceiveMetadataOptions: OptionSet, Sendable, Hashable {
 /// time can jump (NTP, an administrator), so use it for timestamps, not for timeouts.
 public struct WallClockTime: Sendable, Hashable, Comparable, CustomStringConvertible {
     /// Whole seconds since 1970-01-01 00:00:00 UTC.
-    public var seconds: Int64
-    /// Nanoseconds past ``seconds``, 0..<1,000,000,000.
-    public var nanoseconds: Int64
+    public private(set) var seconds: Int64
+    /// Nanoseconds past ``seconds``, 0..<1,000,000,000 (read-only, so it stays normalized).
+    public private(set) var nanoseconds: Int64
 
     /// Creates a time from seconds and nanoseconds since the Unix epoch (nanoseconds are
     /// normalized into 0..<1,000,000,000).
@@ -84,7 +84,9 @@ public struct WallClockTime: Sendable, Hashable, Comparable, CustomStringConvert
     ///   - nanoseconds: Nanoseconds to add.
     public init(seconds: Int64, nanoseconds: Int64) {
         let (carry, rest) = nanoseconds.quotientAndRemainder(dividingBy: 1_000_000_000)
-        self.seconds = seconds + carry - (rest < 0 ? 1 : 0)
+        // Saturating: a time near the ends of Int64 clamps instead of trapping.
+        let (sum, overflow) = seconds.addingReportingOverflow(carry - (rest < 0 ? 1 : 0))
+        self.seconds = overflow ? (seconds < 0 ? .min : .max) : sum
         self.nanoseconds = rest < 0 ? rest + 1_000_000_000 : rest
     }
 
@@ -99,7 +101,9 @@ public struct WallClockTime: Sendable, Hashable, Comparable, CustomStringConvert
     ///
     /// - Parameter other: Another wall-clock time.
     public func duration(to other: WallClockTime) -> Duration {
-        .seconds(other.seconds - seconds) + .nanoseconds(other.nanoseconds - nanoseconds)
+        let (delta, overflow) = other.seconds.subtractingReportingOverflow(seconds)
+        if overflow { return .seconds(other.seconds > seconds ? Int64.max : Int64.min) }  // saturate
+        return .seconds(delta) + .nanoseconds(other.nanoseconds - nanoseconds)
     }
 
     /// Whether `lhs` is earlier than `rhs`.

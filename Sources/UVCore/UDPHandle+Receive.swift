@@ -213,7 +213,10 @@ extension UDPHandle {
         let fd = sendPath.fd
         let withMetadata = !sendPath.receiveMetadataOptions.isEmpty
         let localPort = withMetadata ? sendPath.localPortForMetadata() : 0
+        // A GRO buffer holds whole segments: it is kept whole (the size limit is per datagram).
+        let limit = withMetadata && sendPath.receiveMetadataOptions.contains(.gro) ? IOScratch.chunkSize : maximumDatagramSize
         deliveringBatch = true
+        scratch.readInProgress = true
         var read = 0
         reading: while receiving && state == .open && read < Self.readsPerEvent {
             var wanted = min(IOScratch.messages, Self.readsPerEvent - read)
@@ -244,7 +247,7 @@ extension UDPHandle {
             for index in 0..<Int(count) {
                 let header = scratch.headers[index]
                 let length = Int(header.msg_len)
-                let kept = min(length, maximumDatagramSize)
+                let kept = min(length, limit)
                 guard let remote = SocketAddress(scratch.name(index).assumingMemoryBound(to: sockaddr.self)) else { continue }
                 let payload = [UInt8](UnsafeRawBufferPointer(start: scratch.chunk(index), count: kept))
                 let truncated = header.msg_hdr.msg_flags & Int32(MSG_TRUNC) != 0 || kept < length
@@ -261,6 +264,7 @@ extension UDPHandle {
             if Int(count) < wanted { break reading }  // the socket is drained
         }
         deliveringBatch = false
+        scratch.readInProgress = false
         receiver?.receiveBatchEnded()
         if flushScheduled { flushQueue() }
         updatePollEvents()
@@ -269,9 +273,13 @@ extension UDPHandle {
     /// Points the first `count` scratch messages at receive chunks of the maximum size (and,
     /// `withControl`, at control buffers for metadata).
     private func prepareReceive(_ count: Int, withControl: Bool) {
+        // With GRO the kernel may hand over up to 64 KiB of coalesced segments: read into the
+        // whole chunk, or the segments past `maximumDatagramSize` would be lost.
+        let length = withControl && sendPath?.receiveMetadataOptions.contains(.gro) == true
+            ? IOScratch.chunkSize : maximumDatagramSize
         for index in 0..<count {
             let iov = scratch.iovecs + index
-            iov.pointee = iovec(iov_base: scratch.chunk(index), iov_len: maximumDatagramSize)
+            iov.pointee = iovec(iov_base: scratch.chunk(index), iov_len: length)
             var header = msghdr()
             header.msg_name = scratch.name(index)
             header.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)

@@ -219,7 +219,7 @@ extension UDPHandle {
 
     /// Whether a datagram may go to the kernel now: nothing is queued ahead of it, and no read
     /// batch is being delivered (sends made during one are flushed together after it).
-    package var canSendNow: Bool { sendQueue.isEmpty && !deliveringBatch && state == .open }
+    package var canSendNow: Bool { sendQueue.isEmpty && !deliveringBatch && !scratch.readInProgress && state == .open }
 
     /// Sends one prepared datagram now, from the caller's bytes. Returns `nil` without trying
     /// when it must queue (see ``canSendNow``). Counts the outcome and publishes an earlier
@@ -248,6 +248,11 @@ extension UDPHandle {
         sendPath?.setLoopOwns(true)
         if deliveringBatch {
             flushScheduled = true  // flushed together after the batch
+        } else if scratch.readInProgress {
+            // Another handle's read batch is delivered from the loop's buffers (this send comes
+            // from one of its callbacks): flush at the end of the turn, not over them.
+            flushScheduled = true
+            scheduleEndOfTurn()
         } else if socketIsFull {
             updatePollEvents()
         } else {
@@ -258,6 +263,11 @@ extension UDPHandle {
     /// Hands queued datagrams to the kernel, `sendmmsg` by `sendmmsg`, until the queue is empty
     /// or the socket's buffer is full (then it waits for the socket to be writable).
     func flushQueue() {
+        if scratch.readInProgress {
+            flushScheduled = true
+            scheduleEndOfTurn()
+            return
+        }
         flushScheduled = false
         guard state == .open, let sendPath else { return }
         while !sendQueue.isEmpty {
@@ -339,6 +349,11 @@ extension UDPHandle: EndOfTurnWork {
     /// Runs `callback` at the end of this loop turn (send callbacks never run inside `send`).
     func callAtEndOfTurn(_ callback: @escaping () -> Void) {
         finishedCallbacks.append(callback)
+        scheduleEndOfTurn()
+    }
+
+    /// Asks for ``endOfTurn()`` once this turn.
+    func scheduleEndOfTurn() {
         if !endOfTurnScheduled {
             endOfTurnScheduled = true
             loop.runAtEndOfTurn(self)
@@ -348,6 +363,9 @@ extension UDPHandle: EndOfTurnWork {
     /// End of turn: the callbacks of sends that completed during it.
     package func endOfTurn() {
         endOfTurnScheduled = false
+        if flushScheduled, !deliveringBatch, !scratch.readInProgress, state == .open {
+            flushQueue()  // queued during another handle's read batch
+        }
         guard !finishedCallbacks.isEmpty else { return }
         let callbacks = finishedCallbacks
         finishedCallbacks.removeAll()

@@ -166,4 +166,23 @@ struct HandleGSOTests {
         #expect(single.segmentCount == 1 && single.segments == [Array("one")[...]])
         await closeAll(sender, receiver)
     }
+
+    @Test("with GRO, a maximum datagram size of 1,500 bytes still delivers every coalesced segment (the limit is per datagram)")
+    func groWithSmallMaximum() async throws {
+        let sender = try boundHandle()
+        let receiver = try boundHandle()
+        try receiver.setMaximumDatagramSize(1_500)
+        try receiver.setReceiveMetadata(.gro)
+        let inbox = try Inbox(receiver)
+        let bytes = countingBytes(64 * 1_000)
+        try sender.send(bytes, to: receiver.localAddress(), options: SendOptions(segmentSize: 1_000))
+        var received: [UInt8] = []
+        while received.count < bytes.count {
+            let buffer = try await inbox.datagram()
+            #expect(!buffer.isTruncated)
+            received += buffer.payload
+        }
+        #expect(received == bytes)
+        await closeAll(sender, receiver)
+    }
 }
