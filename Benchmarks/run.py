@@ -60,6 +60,33 @@ CHART = [
     ("W3 windowed echo", "rate", "W3 round trips/s"),
     ("W3 windowed echo", "cpu_s_per_m", "W3 CPU per round trip"),
 ]
+# W4, one-way bulk transfer of 1,200-byte datagrams (issue 12): implementations of its own. Each
+# has a receiver ("sink") and a sender ("send") command; both ends are the implementation under
+# test (for "gso" the receiver is the plain batch sink, so only the sender differs from "plain").
+W4_SIZE, W4_SEGMENTS = 1200, 54  # 54 x 1,200 = 64,800 bytes per GSO send
+W4_IMPLS = [
+    {"key": "c", "name": "libuv C (reference)",
+     "sink": lambda a, n: [a.ref, "sink", n], "send": lambda a, port, n: [a.ref, "flood", port, n, W4_SIZE]},
+    {"key": "rawgso", "name": "raw C, UDP_SEGMENT + UDP_GRO",
+     "sink": lambda a, n: [a.raw, "grosink", n], "send": lambda a, port, n: [a.raw, "gsoflood", port, n, W4_SIZE, W4_SEGMENTS]},
+    {"key": "plain", "name": "AsyncUDP batch API, no offloads",
+     "sink": lambda a, n: [a.bin, "sink", "batch", n], "send": lambda a, port, n: [a.bin, "flood", "batch", port, n, W4_SIZE]},
+    {"key": "gso", "name": "AsyncUDP GSO send, plain receive",
+     "sink": lambda a, n: [a.bin, "sink", "batch", n],
+     "send": lambda a, port, n: [a.bin, "gso-flood", port, n, W4_SIZE, W4_SEGMENTS]},
+    {"key": "gso-gro", "name": "AsyncUDP GSO send + GRO receive",
+     "sink": lambda a, n: [a.bin, "gro-sink", n],
+     "send": lambda a, port, n: [a.bin, "gso-flood", port, n, W4_SIZE, W4_SEGMENTS]},
+]
+W4_NAMES = {i["key"]: i["name"] for i in W4_IMPLS}
+W4 = "W4 bulk 1200 B"
+W4_METRICS = [
+    (W4, "goodput_mbs", "goodput MB/s at the receiver", +1),
+    (W4, "loss_pct", "loss %", 0),
+    (W4, "cpu_s_per_gb", "CPU s per GB received, both processes", -1),
+]
+WORKLOADS = ["w1", "w2", "w3", "idle", "w4"]
+
 COLORS = {"rawmmsg": "#7f7f7f", "async": "#d62728", "affine": "#ff7f0e", "batch": "#9467bd",
           "callback": "#2ca02c", "nio-handler": "#1f77b4", "nio-async": "#17becf"}
 
@@ -138,6 +165,28 @@ class Harness:
                 "lost": client["lost"], "cpu_s_per_m": (client["cpu"] + server["cpu"]) / trips * 1e6,
                 "client_cpu": client["cpu"], "server_cpu": server["cpu"]}
 
+    def bulk(self, impl):
+        """W4: the sender sends `n` datagrams of 1,200 bytes (plain, or in GSO buffers of 54) as
+        fast as the kernel takes them; the receiver counts datagrams (a GRO buffer counts as the
+        datagrams it carries) until all arrived or 300 ms passed without one."""
+        n = self.args.w4_datagrams
+        spec = next(i for i in W4_IMPLS if i["key"] == impl)
+        proc, port = self.start([str(x) for x in spec["sink"](self.args, n)])
+        sender = self.client([str(x) for x in spec["send"](self.args, port, n)])
+        sink = self.result(proc)
+        received = max(sink["received"], 1)
+        gigabytes = received * W4_SIZE / 1e9
+        # From the sender's first send to the receiver's last arrival (both CLOCK_MONOTONIC): not
+        # from the first arrival, since a receiver that starts reading late drains its full
+        # buffer in a burst that would inflate the rate.
+        span = sink["last_at"] - sender["start_at"]
+        return {"goodput_mbs": gigabytes * 1e3 / span, "seconds": span,
+                "loss_pct": 100.0 * (1 - sink["received"] / sender["sent"]),
+                "cpu_s_per_gb": (sender["cpu"] + sink["cpu"]) / gigabytes,
+                "sent": sender["sent"], "received": sink["received"], "bytes": sink.get("bytes"),
+                "sender_mbs": sender["rate"] * W4_SIZE / 1e6, "sender_cpu": sender["cpu"], "receiver_cpu": sink["cpu"],
+                "peak_rss_mib": sink["peak_rss_kib"] / 1024}
+
     def idle(self, impl):
         result = self.client(self.command(impl, "idle", self.args.sockets), timeout=300)
         return {"bytes": result["bytes_per_socket"]}
@@ -173,7 +222,14 @@ def main():
     parser.add_argument("--pingpong", type=int, default=100_000, help="W2 round trips per run")
     parser.add_argument("--window", type=int, default=300_000, help="W3 round trips per run")
     parser.add_argument("--sockets", type=int, default=10_000, help="idle sockets")
-    parser.add_argument("--impls", default=",".join(i["key"] for i in IMPLS))
+    parser.add_argument("--w4-bytes", type=int, default=1 << 30,
+                        help="W4 bytes per run (default 1 GiB; rounded up to whole GSO buffers of 54 x 1,200 bytes)")
+    parser.add_argument("--impls", default=",".join(i["key"] for i in IMPLS),
+                        help="W1-W3 and idle implementations")
+    parser.add_argument("--w4-impls", default=",".join(i["key"] for i in W4_IMPLS), help="W4 implementations")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help="workloads to run, of " + ",".join(WORKLOADS) + " (default all). When some are left out, "
+                        "their figures are kept from the existing --json file and the tables are rewritten from both")
     parser.add_argument("--scale", action="store_true", help="also run the loop-group scaling section")
     parser.add_argument("--quick", action="store_true", help="small counts, one round: a smoke test")
     parser.add_argument("--out", help="the tables (default RESULTS.md; .build/quick-RESULTS.md with --quick)")
@@ -196,6 +252,12 @@ def main():
         parser.error("--bin and --ref are required")
     if args.quick:
         args.flood, args.pingpong, args.window, args.sockets = 100_000, 5_000, 30_000, 1_000
+        args.w4_bytes = 64 << 20
+    per_buffer = W4_SIZE * W4_SEGMENTS
+    args.w4_datagrams = -(-args.w4_bytes // per_buffer) * W4_SEGMENTS
+    selected = [w for w in args.workloads.split(",") if w]
+    if [w for w in selected if w not in WORKLOADS]:
+        parser.error(f"--workloads: known workloads are {','.join(WORKLOADS)}")
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
     harness = Harness(args)
@@ -215,6 +277,15 @@ def main():
         "W3 windowed echo": lambda i: harness.echo(i, "window", args.window, 64),
         "Idle socket": harness.idle,
     }
+    tags = {"W1 flood 64 B": "w1", "W1 flood 1200 B": "w1", "W2 ping-pong": "w2", "W3 windowed echo": "w3",
+            "Idle socket": "idle"}
+    workloads = {w: fn for w, fn in workloads.items() if tags[w] in selected}
+    run_w4 = "w4" in selected
+    w4_wanted = [k for k in args.w4_impls.split(",") if k]
+    if [k for k in w4_wanted if k not in W4_NAMES]:
+        sys.exit(f"unknown W4 implementation(s) in {args.w4_impls}; known: {', '.join(W4_NAMES)}")
+    w4_impls = [k for k in w4_wanted if k != "rawgso" or (args.raw and os.path.exists(args.raw))]
+    w4_results = {i: [] for i in w4_impls}
     # results[workload][impl] = one entry per round: a dict of figures, or None if the run failed.
     results = {w: {i: [] for i in impls} for w in workloads}
     scaling = {1: [], 2: []}
@@ -239,6 +310,20 @@ def main():
                     results[workload][impl].append(value)
                     shown = {k: round(v, 2) for k, v in value.items()} if value else value
                     print(f"round {round_index + 1}/{args.rounds}  {workload:17} {impl:12} {shown}", flush=True)
+            if run_w4:
+                shift = round_index % len(w4_impls)
+                for impl in w4_impls[shift:] + w4_impls[:shift]:
+                    try:
+                        value = harness.bulk(impl)
+                    except Exception as error:
+                        value = None
+                        failures.append(f"round {round_index + 1}, {W4}, {impl}: {error}")
+                        print(f"FAILED: {failures[-1]}", flush=True)
+                    finally:
+                        harness.cleanup()
+                    w4_results[impl].append(value)
+                    shown = {k: round(v, 2) for k, v in value.items() if v is not None} if value else value
+                    print(f"round {round_index + 1}/{args.rounds}  {W4:17} {impl:12} {shown}", flush=True)
             if args.scale and "async" in impls:
                 for loops in (1, 2):
                     try:
@@ -250,6 +335,35 @@ def main():
         harness.cleanup()
     elapsed = time.time() - began
     summary = summarize(impls, results)
+    w4 = None
+    if run_w4:
+        w4 = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                       "machine": machine(), "rounds": args.rounds, "quick": args.quick,
+                       "bytes": args.w4_datagrams * W4_SIZE, "datagrams": args.w4_datagrams, "size": W4_SIZE,
+                       "segments": W4_SEGMENTS, "implementations": {k: W4_NAMES[k] for k in w4_impls},
+                       "failures": [f for f in failures if W4 in f]},
+              "metrics": [{"workload": w, "key": k, "label": l, "direction": d} for w, k, l, d in W4_METRICS],
+              "summary": summarize(w4_impls, {W4: w4_results}, W4_METRICS), "rounds": w4_results}
+    if not workloads:
+        # W4 alone: the other workloads' figures and their meta stay those of the existing run.
+        try:
+            with open(args.json) as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            previous = None
+        if previous:
+            print(f"W1-W3 and idle: kept from {args.json} ({previous['meta']['date']})", flush=True)
+            previous["w4"] = w4
+            text = report(previous["meta"], list(previous["meta"]["implementations"]), previous["summary"],
+                          {1: [], 2: [], **{int(k): v for k, v in previous.get("scaling", {}).items()}}, w4)
+            with open(args.out, "w") as f:
+                f.write(text)
+            with open(args.json, "w") as f:
+                json.dump(previous, f, indent=1)
+                f.write("\n")
+            print("\n" + text)
+            print(f"wrote {args.out}, {args.json} ({elapsed:.0f} s of runs)")
+            return
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(), "rounds": args.rounds, "seconds": round(elapsed, 1),
@@ -258,28 +372,28 @@ def main():
         "implementations": {k: NAMES[k] for k in impls}, "skipped": {k: NAMES[k] for k in skipped},
         "failures": failures, "quick": args.quick,
     }
-    text = report(meta, impls, summary, scaling)
+    text = report(meta, impls, summary, scaling, w4)
     print("\n" + text)
     with open(args.out, "w") as f:
         f.write(text)
     with open(args.json, "w") as f:
         json.dump({"meta": meta, "metrics": [{"workload": w, "key": k, "label": l, "direction": d} for w, k, l, d in METRICS],
                    "summary": summary, "rounds": results,
-                   "scaling": {str(k): v for k, v in scaling.items() if v}}, f, indent=1)
+                   "scaling": {str(k): v for k, v in scaling.items() if v}, "w4": w4}, f, indent=1)
         f.write("\n")
     with open(args.svg, "w") as f:
         f.write(chart(meta, impls, summary))
     print(f"wrote {args.out}, {args.json}, {args.svg} ({elapsed:.0f} s of runs)")
 
 
-def summarize(impls, results):
+def summarize(impls, results, metrics=None):
     """summary["workload|key"][impl] = {median, min, max, n, ratio, ratio_min, ratio_max, ratios}."""
     summary = {}
-    for workload, key, _, direction in METRICS:
+    for workload, key, _, direction in metrics or METRICS:
         per_impl = {}
-        base_runs = results[workload].get(BASE, [])
+        base_runs = results.get(workload, {}).get(BASE, [])
         for impl in impls:
-            runs = results[workload][impl]
+            runs = results.get(workload, {}).get(impl, [])
             values = [r[key] for r in runs if r is not None]
             if not values:
                 per_impl[impl] = None
@@ -323,7 +437,71 @@ GOALS = [  # issue 11's first milestone: (impl, workload, key, label, test on th
 ]
 
 
-def report(meta, impls, summary, scaling):
+def report_w4(w4):
+    """The W4 section: its own implementations, figures and ratios to libuv C, and issue 12's goal."""
+    meta, summary = w4["meta"], w4["summary"]
+    impls = list(meta["implementations"])
+    lines = ["## W4 bulk transfer, 1,200-byte datagrams (issue 12)", "",
+             f"{meta['date']}; {meta['machine']}; {meta['rounds']} round(s)"
+             f"{'; --quick: a smoke test, not a measurement' if meta['quick'] else ''}. "
+             f"A sender sends {meta['datagrams']:,} datagrams of {meta['size']:,} bytes ({meta['bytes'] / 2**20:,.0f} MiB) "
+             "one way as fast as the kernel takes them (nothing paces it but the kernel's back-pressure on the "
+             "sender's socket); a receiver with a 4 MiB SO_RCVBUF counts the datagrams that arrive (a GRO buffer "
+             "counts as the datagrams it carries) until all arrived or 300 ms passed without one. Goodput: received "
+             "datagrams x 1,200 bytes divided by the time from the sender's first send to the receiver's last arrival "
+             "(CLOCK_MONOTONIC in both processes; 1 MB = 10^6 bytes). Loss: "
+             "1 − received / sent (loopback drops what overflows the receiver's buffer). CPU: both processes, per "
+             f"GB received. GSO sends carry {meta['segments']} datagrams ({meta['segments'] * meta['size']:,} bytes) each. "
+             "Both ends are the implementation under test; \"AsyncUDP GSO send, plain receive\" uses the plain "
+             "batch receiver, so it differs from \"no offloads\" in its sender only.", ""]
+    lines.append("| implementation | goodput MB/s | ratio to C | loss % | CPU s per GB | ratio to C |")
+    lines.append("|---|---|---|---|---|---|")
+    for impl in impls:
+        cells = []
+        for key in ("goodput_mbs", "loss_pct", "cpu_s_per_gb"):
+            entry = summary[f"{W4}|{key}"].get(impl)
+            if not entry:
+                cells += ["failed"] if key == "loss_pct" else ["failed", "n/a"]
+                continue
+            value = f"{fmt(entry['median'])} ({fmt(entry['min'])}–{fmt(entry['max'])})" if entry["n"] > 1 else fmt(entry["median"])
+            cells.append(value)
+            if key == "loss_pct":
+                continue
+            if impl == BASE:
+                cells.append("1.00x")
+            elif "ratio" in entry:
+                ratio = f"**{entry['ratio']:.2f}x**"
+                if len(entry["ratios"]) > 1:
+                    ratio += f" ({entry['ratio_min']:.2f}–{entry['ratio_max']:.2f})"
+                cells.append(ratio)
+            else:
+                cells.append("n/a")
+        lines.append(f"| {W4_NAMES[impl]} | " + " | ".join(cells) + " |")
+    lines += ["", "Median (min–max over rounds); ratios are the median of the per-round ratios to libuv C.", ""]
+    if meta["failures"]:
+        lines += ["Failed runs (left out of the figures):", ""] + [f"- {f}" for f in meta["failures"]] + [""]
+    gro = summary[f"{W4}|goodput_mbs"].get("gso-gro")
+    raw = summary[f"{W4}|goodput_mbs"].get("rawgso")
+    if gro and "ratio" in gro:
+        lines += ["### Goal (issue 12)", ""]
+        loss = summary[f"{W4}|loss_pct"]
+        lost = lambda k: f"{loss[k]['median']:.1f} %" if loss.get(k) else "n/a"
+        lines.append(f"- {'met' if gro['ratio'] >= 3 else '**not met**'}: AsyncUDP GSO + GRO goodput ≥ 3x libuv C — "
+                     f"measured {gro['ratio']:.2f}x (loss: GSO + GRO {lost('gso-gro')}, libuv C {lost(BASE)})")
+        if raw:
+            # Within 0.8x of the raw C reference: paired per round as the other ratios.
+            runs = w4["rounds"]
+            pairs = [g["goodput_mbs"] / r["goodput_mbs"] for g, r in zip(runs["gso-gro"], runs["rawgso"])
+                     if g and r and r["goodput_mbs"]]
+            if pairs:
+                ratio = statistics.median(pairs)
+                lines.append(f"- {'met' if ratio >= 0.8 else '**not met**'}: AsyncUDP GSO + GRO goodput ≥ 0.8x raw C "
+                             f"(UDP_SEGMENT + UDP_GRO) — measured {ratio:.2f}x (raw C loss {lost('rawgso')})")
+        lines.append("")
+    return lines
+
+
+def report(meta, impls, summary, scaling, w4=None):
     c = meta["counts"]
     lines = ["# AsyncUDP benchmark results", "",
              f"{meta['date']}; {meta['machine']}; {meta['rounds']} round(s), {meta['seconds']:.0f} s of runs; "
@@ -395,6 +573,10 @@ def report(meta, impls, summary, scaling):
             rates = [s["rate"] for s in scaling[loops]]
             loss = statistics.median(s["loss_pct"] for s in scaling[loops])
             lines.append(f"| {loops} | {statistics.median(rates):,.0f} ({min(rates):,.0f}–{max(rates):,.0f}) | {loss:.1f} |")
+    if w4:
+        lines += [""] + report_w4(w4)
+        while lines[-1] == "":
+            lines.pop()
     return "\n".join(lines) + "\n"
 
 

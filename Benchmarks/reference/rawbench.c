@@ -7,6 +7,12 @@
  *   rawbench serve | sink COUNT | idle SOCKETS
  *   rawbench flood PORT COUNT SIZE | window PORT COUNT WINDOW | pingpong PORT COUNT
  *
+ * W4 (bulk transfer with offloads; the "rawgso" reference):
+ *   rawbench grosink COUNT        sink with UDP_GRO: counts the datagrams each buffer carries
+ *                                 (from its UDP_GRO segment size) and their payload bytes
+ *   rawbench gsoflood PORT COUNT SIZE SEGMENTS   sends COUNT datagrams of SIZE bytes as buffers of
+ *                                 SEGMENTS datagrams each with UDP_SEGMENT (sendmmsg, 64 per call)
+ *
  * Built by Benchmarks/run.sh with the system compiler: cc -O2 rawbench.c
  */
 #define _GNU_SOURCE
@@ -14,6 +20,7 @@
 #include <errno.h>
 #include <malloc.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -192,8 +199,8 @@ static int cmd_sink(long expected) {
     if (count >= expected || (count > 0 && now_seconds() - last > 0.3)) break;
   }
   double span = last - first;
-  printf("{\"received\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"cpu\": %.6f, \"peak_rss_kib\": %ld}\n", count, span,
-         span > 0 ? (count - 1) / span : 0.0, cpu_seconds() - cpu0, peak_rss_kib());
+  printf("{\"received\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"cpu\": %.6f, \"peak_rss_kib\": %ld, \"last_at\": %.6f}\n",
+         count, span, span > 0 ? (count - 1) / span : 0.0, cpu_seconds() - cpu0, peak_rss_kib(), last);
   return 0;
 }
 
@@ -239,8 +246,8 @@ static int cmd_flood(int port, long count, int size) {
     sent += n;
   }
   double elapsed = now_seconds() - t0;
-  printf("{\"sent\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"cpu\": %.6f}\n", sent, elapsed, sent / elapsed,
-         cpu_seconds() - cpu0);
+  printf("{\"sent\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"cpu\": %.6f, \"start_at\": %.6f}\n", sent, elapsed,
+         sent / elapsed, cpu_seconds() - cpu0, t0);
   return 0;
 }
 
@@ -331,13 +338,122 @@ static int cmd_window(int port, long count, int window) {
   return 0;
 }
 
+/* ---- W4: GSO and GRO ----------------------------------------------------------------- */
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+static char recv_ctl[BATCH][CMSG_SPACE(sizeof(int))];
+
+static int cmd_grosink(long expected) {
+  int fd = open_socket(0);
+  int on = 1;
+  if (setsockopt(fd, IPPROTO_UDP, UDP_GRO, &on, sizeof on) < 0) die("setsockopt UDP_GRO");
+  int ep = epoll_for(fd);
+  double cpu0 = cpu_seconds();
+  struct sockaddr_in a;
+  socklen_t len = sizeof a;
+  getsockname(fd, (struct sockaddr *)&a, &len);
+  printf("ready %d\n", ntohs(a.sin_port));
+  fflush(stdout);
+  long count = 0, bytes = 0, buffers = 0;
+  double first = 0, last = 0;
+  for (;;) {
+    struct epoll_event ev;
+    epoll_wait(ep, &ev, 1, 50);
+    for (;;) {
+      for (int k = 0; k < BATCH; k++) {
+        recv_iov[k].iov_base = recv_bufs[k];
+        recv_iov[k].iov_len = SLOT;
+        memset(&recv_msgs[k].msg_hdr, 0, sizeof recv_msgs[k].msg_hdr);
+        recv_msgs[k].msg_hdr.msg_iov = &recv_iov[k];
+        recv_msgs[k].msg_hdr.msg_iovlen = 1;
+        recv_msgs[k].msg_hdr.msg_name = &peers[k];
+        recv_msgs[k].msg_hdr.msg_namelen = sizeof peers[k];
+        recv_msgs[k].msg_hdr.msg_control = recv_ctl[k];
+        recv_msgs[k].msg_hdr.msg_controllen = sizeof recv_ctl[k];
+      }
+      int got = recvmmsg(fd, recv_msgs, BATCH, MSG_DONTWAIT, NULL);
+      if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
+        die("recvmmsg");
+      }
+      if (got == 0) break;
+      double t = now_seconds();
+      if (count == 0) first = t;
+      last = t;
+      for (int k = 0; k < got; k++) {
+        long n = recv_msgs[k].msg_len, segment = 0;
+        struct msghdr *m = &recv_msgs[k].msg_hdr;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c))
+          if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO) {
+            int size;
+            memcpy(&size, CMSG_DATA(c), sizeof size);
+            segment = size;
+          }
+        count += segment > 0 && n > segment ? (n + segment - 1) / segment : 1;
+        bytes += n;
+        buffers++;
+      }
+      if (count >= expected) break;
+    }
+    if (count >= expected || (count > 0 && now_seconds() - last > 0.3)) break;
+  }
+  double span = last - first;
+  printf("{\"received\": %ld, \"bytes\": %ld, \"buffers\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"cpu\": %.6f, "
+         "\"peak_rss_kib\": %ld, \"last_at\": %.6f}\n", count, bytes, buffers, span, span > 0 ? (count - 1) / span : 0.0,
+         cpu_seconds() - cpu0, peak_rss_kib(), last);
+  return 0;
+}
+
+static int cmd_gsoflood(int port, long count, int size, int segments) {
+  int fd = open_socket(1);
+  if (setsockopt(fd, IPPROTO_UDP, UDP_SEGMENT, &size, sizeof size) < 0) die("setsockopt UDP_SEGMENT");
+  struct sockaddr_in to = loopback(port);
+  char *payload = calloc((size_t)segments, (size_t)size);
+  struct iovec iov[BATCH];
+  struct mmsghdr msgs[BATCH];
+  memset(msgs, 0, sizeof msgs);
+  for (int k = 0; k < BATCH; k++) {
+    iov[k].iov_base = payload;
+    iov[k].iov_len = (size_t)size * (size_t)segments;
+    msgs[k].msg_hdr.msg_iov = &iov[k];
+    msgs[k].msg_hdr.msg_iovlen = 1;
+    msgs[k].msg_hdr.msg_name = &to;
+    msgs[k].msg_hdr.msg_namelen = sizeof to;
+  }
+  double cpu0 = cpu_seconds(), t0 = now_seconds();
+  long sent = 0; /* datagrams */
+  while (sent < count) {
+    int n = 0;
+    while (n < BATCH && sent < count) {
+      long take = count - sent < segments ? count - sent : segments;
+      iov[n].iov_len = (size_t)take * (size_t)size; /* the last buffer may carry fewer */
+      sent += take;
+      n++;
+    }
+    send_all(fd, msgs, n);
+  }
+  double elapsed = now_seconds() - t0;
+  printf("{\"sent\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"cpu\": %.6f, \"start_at\": %.6f}\n", sent, elapsed,
+         sent / elapsed, cpu_seconds() - cpu0, t0);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc >= 3 && strcmp(argv[1], "grosink") == 0) return cmd_grosink(atol(argv[2]));
+  if (argc >= 6 && strcmp(argv[1], "gsoflood") == 0) return cmd_gsoflood(atoi(argv[2]), atol(argv[3]), atoi(argv[4]), atoi(argv[5]));
   if (argc >= 2 && strcmp(argv[1], "serve") == 0) return cmd_serve();
   if (argc >= 3 && strcmp(argv[1], "sink") == 0) return cmd_sink(atol(argv[2]));
   if (argc >= 3 && strcmp(argv[1], "idle") == 0) return cmd_idle(atol(argv[2]));
   if (argc >= 5 && strcmp(argv[1], "flood") == 0) return cmd_flood(atoi(argv[2]), atol(argv[3]), atoi(argv[4]));
   if (argc >= 4 && strcmp(argv[1], "pingpong") == 0) return cmd_window(atoi(argv[2]), atol(argv[3]), 1);
   if (argc >= 5 && strcmp(argv[1], "window") == 0) return cmd_window(atoi(argv[2]), atol(argv[3]), atoi(argv[4]));
-  fprintf(stderr, "usage: rawbench serve | sink COUNT | idle SOCKETS | flood PORT COUNT SIZE | pingpong PORT COUNT | window PORT COUNT WINDOW\n");
+  fprintf(stderr, "usage: rawbench serve | sink COUNT | idle SOCKETS | flood PORT COUNT SIZE | pingpong PORT COUNT | window PORT COUNT WINDOW\n"
+                  "       | grosink COUNT | gsoflood PORT COUNT SIZE SEGMENTS\n");
   return 2;
 }

@@ -142,8 +142,9 @@ static uv_timer_t idle_timer;
 
 static void sink_done(void) {
   double span = sink_last - sink_first;
-  printf("{\"received\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"cpu\": %.6f, \"peak_rss_kib\": %ld}\n", sink_count,
-         span, span > 0 ? (sink_count - 1) / span : 0.0, cpu_seconds() - sink_cpu_at_ready, peak_rss_kib());
+  printf("{\"received\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"cpu\": %.6f, \"peak_rss_kib\": %ld, \"last_at\": %.6f}\n",
+         sink_count, span, span > 0 ? (sink_count - 1) / span : 0.0, cpu_seconds() - sink_cpu_at_ready, peak_rss_kib(),
+         sink_last);
   fflush(stdout);
   uv_close((uv_handle_t *)&server, NULL);
   uv_close((uv_handle_t *)&idle_timer, NULL);
@@ -319,8 +320,8 @@ static int cmd_flood(int port, long count, int size, int flows) {
     sent++;
   }
   double elapsed = now_seconds() - t0;
-  printf("{\"sent\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"cpu\": %.6f}\n", sent, elapsed, sent / elapsed,
-         cpu_seconds() - cpu0);
+  printf("{\"sent\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"cpu\": %.6f, \"start_at\": %.6f}\n", sent, elapsed,
+         sent / elapsed, cpu_seconds() - cpu0, t0);
   return 0;
 }
 

@@ -19,6 +19,12 @@
 //   udp-bench probe IMPL          exits 0 if IMPL is implemented here, 3 if not (run.py skips it)
 //   udp-bench sink-group LOOPS COUNT   a UVLoopGroup of LOOPS loops, one UDPSocket per loop on one
 //                                 port with .reusePort; counts like sink (the scaling section)
+// W4 (bulk transfer with offloads; without offloads W4 uses `sink batch` and `flood batch`):
+//   udp-bench gso-flood PORT COUNT SIZE SEGMENTS   sends COUNT datagrams of SIZE bytes as
+//                                 buffers of SEGMENTS datagrams, each one `UDPSocket.send(_:to:options:)`
+//                                 with `SendOptions(segmentSize: SIZE)` (GSO); "sent" counts datagrams
+//   udp-bench gro-sink COUNT      the batch sink with `receiveMetadata: .gro`: counts the datagrams
+//                                 each buffer carries (`segmentCount`) and their payload bytes
 //
 // IMPL: see `Implementation` below. Each is written as a competent user of its API would write
 // it, with no tuning that the others do not get.
@@ -102,6 +108,7 @@ func exitOnStdinEOF(cpuAtReady: Double) {
 final class SinkCounter: Sendable {
     let expected: Int
     private let count = Atomic<Int>(0)
+    private let bytes = Atomic<Int>(0)
     private let firstNanos = Atomic<UInt64>(0)
     private let lastNanos = Atomic<UInt64>(0)
     private let cpuAtReady: Double
@@ -111,7 +118,9 @@ final class SinkCounter: Sendable {
         cpuAtReady = cpuSeconds()
     }
 
-    func note(_ n: Int = 1) {
+    /// `bytes`: payload bytes, reported when counted (the W4 GRO sink); 0 otherwise.
+    func note(_ n: Int = 1, bytes: Int = 0) {
+        if bytes > 0 { self.bytes.add(bytes, ordering: .relaxed) }
         let now = UInt64(monotonic() * 1e9)
         if count.load(ordering: .relaxed) == 0 { firstNanos.store(now, ordering: .relaxed) }
         lastNanos.store(now, ordering: .relaxed)
@@ -121,8 +130,10 @@ final class SinkCounter: Sendable {
     func finish() {
         let count = count.load(ordering: .relaxed)
         let span = Double(lastNanos.load(ordering: .relaxed) &- firstNanos.load(ordering: .relaxed)) / 1e9
-        emit("{\"received\": \(count), \"seconds\": \(span), \"rate\": \(span > 0 ? Double(count - 1) / span : 0), "
-            + "\"cpu\": \(cpuSeconds() - cpuAtReady), \"peak_rss_kib\": \(peakRSSKiB())}")
+        let bytes = bytes.load(ordering: .relaxed)
+        emit("{\"received\": \(count), " + (bytes > 0 ? "\"bytes\": \(bytes), " : "") + "\"seconds\": \(span), \"rate\": \(span > 0 ? Double(count - 1) / span : 0), "
+            + "\"cpu\": \(cpuSeconds() - cpuAtReady), \"peak_rss_kib\": \(peakRSSKiB()), "
+            + "\"last_at\": \(Double(lastNanos.load(ordering: .relaxed)) / 1e9)}")
         exit(0)
     }
 
@@ -237,7 +248,8 @@ final class RoundTrips: @unchecked Sendable {
 /// The flood sender's report.
 func reportFlood(sent: Int, startTime: Double, cpuAtStart: Double) -> Never {
     let elapsed = monotonic() - startTime
-    emit("{\"sent\": \(sent), \"seconds\": \(elapsed), \"rate\": \(Double(sent) / elapsed), \"cpu\": \(cpuSeconds() - cpuAtStart)}")
+    emit("{\"sent\": \(sent), \"seconds\": \(elapsed), \"rate\": \(Double(sent) / elapsed), \"cpu\": \(cpuSeconds() - cpuAtStart), "
+        + "\"start_at\": \(startTime)}")
     exit(0)
 }
 
@@ -380,6 +392,55 @@ func windowBatch(port: Int, count: Int, window: Int) async throws {
                 if let payload = trips.next() { next.append(Datagram(payload: payload, remote: server)) }
             }
             try await udp.send(contentsOf: next)
+        }
+    }
+}
+
+// MARK: - W4: GSO and GRO (async layer)
+
+/// W4's GSO sender: one `send(_:to:options:)` per buffer of `segments` datagrams, in a
+/// `Task.detached` like the batch flood; the last buffer may carry fewer.
+func gsoFlood(port: Int, count: Int, size: Int, segments: Int) async throws {
+    let loop = UVLoop(name: "bench")
+    let udp = try await boundSocket(loop: loop)
+    let target = loopback(port)
+    emit("ready \(udp.localAddress.port)")
+    try await runConsumer(affine: false, loop: loop) {
+        let options = SendOptions(segmentSize: size)
+        let full = [UInt8](repeating: 0, count: size * segments)
+        let cpu0 = cpuSeconds(), t0 = monotonic()
+        var sent = 0
+        while sent < count {
+            let n = min(segments, count - sent)
+            if n == segments {
+                try await udp.send(full, to: target, options: options)
+            } else {
+                try await udp.send(full[0..<(n * size)], to: target, options: options)
+            }
+            sent += n
+        }
+        reportFlood(sent: sent, startTime: t0, cpuAtStart: cpu0)
+    }
+}
+
+/// W4's GRO sink: the batch sink's loop on a socket with `receiveMetadata: .gro`, counting the
+/// datagrams each buffer carries and their bytes.
+func groSink(count: Int) async throws {
+    let loop = UVLoop(name: "bench")
+    let udp = try await UDPSocket(bindingTo: loopback(0), loop: loop,
+                                  configuration: .init(receiveQueueLimit: 4096, receiveBufferSize: receiveBufferSize,
+                                                       receiveMetadata: .gro))
+    let counter = SinkCounter(expected: count)
+    counter.watchIdle()
+    emit("ready \(udp.localAddress.port)")
+    try await runConsumer(affine: false, loop: loop) {
+        while true {
+            var datagrams = 0, bytes = 0
+            for datagram in try await udp.receive(upTo: 256) {
+                datagrams += datagram.segmentCount
+                bytes += datagram.payload.count
+            }
+            counter.note(datagrams, bytes: bytes)
         }
     }
 }
@@ -784,6 +845,7 @@ func idle(_ impl: Implementation, sockets: Int) async throws {
 let usage = """
     usage: udp-bench serve IMPL | sink IMPL COUNT | idle IMPL SOCKETS | flood IMPL PORT COUNT SIZE
            | window IMPL PORT COUNT WINDOW | pingpong IMPL PORT COUNT | probe IMPL | sink-group LOOPS COUNT
+           | gso-flood PORT COUNT SIZE SEGMENTS | gro-sink COUNT
     IMPL: \(Implementation.allCases.map(\.rawValue).joined(separator: ", "))
     """
 
@@ -839,6 +901,10 @@ let arguments = CommandLine.arguments
 guard arguments.count >= 3 else { fail(usage, code: 2) }
 if arguments[1] == "sink-group" {
     try await sinkGroup(loops: integer(2), count: integer(3))
+} else if arguments[1] == "gso-flood" {
+    try await gsoFlood(port: integer(2), count: integer(3), size: integer(4), segments: integer(5))
+} else if arguments[1] == "gro-sink" {
+    try await groSink(count: integer(2))
 } else if let impl = Implementation(rawValue: arguments[2]) {
     try await run(arguments[1], impl)
 } else {
