@@ -105,13 +105,24 @@ public func closeAll(_ handles: UDPHandle...) async {
     }
 }
 
-/// A port on 127.0.0.1 that nothing listens on (bound, read, closed).
+/// A port on 127.0.0.1 that nothing listens on (bound, read, closed). It is taken below the
+/// kernel's ephemeral range (32768-60999 by default), so no other test's socket bound to port 0
+/// can land on it between this call and the use that expects nobody there.
 @TestLoop
 public func closedPort(_ ip: String = "127.0.0.1") async throws -> SocketAddress {
-    let probe = try boundHandle(ip)
-    let address = try probe.localAddress()
-    await closeAll(probe)
-    return address
+    var lastError: (any Error)?
+    for _ in 0..<200 {
+        let candidate = Int.random(in: 20_000..<32_000)
+        do {
+            let probe = try boundHandle(ip, port: candidate)
+            let address = try probe.localAddress()
+            await closeAll(probe)
+            return address
+        } catch {
+            lastError = error  // taken: try another
+        }
+    }
+    throw lastError ?? UVError.addressInUse
 }
 
 extension Array where Element == UInt8 {
