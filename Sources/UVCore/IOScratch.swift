@@ -1,10 +1,13 @@
 internal import CUVShims
 internal import Glibc
 
-/// The buffers a loop's UDP handles read into and build `sendmmsg` batches in: one set per
-/// loop, since the loop thread does one system call at a time. Created on first use, freed when
-/// the loop stops.
-final class IOScratch {
+/// The buffers UDP handles read into and build `sendmmsg` batches in: one set per loop, since
+/// the loop thread does one system call at a time (created on first use, freed when the loop
+/// stops), and a small pool of sets for reads from consumers' threads (``checkOut()``).
+final class IOScratch: @unchecked Sendable {
+    // Safe to share: a set is used by one thread at a time, a loop's set by its loop thread and
+    // a pooled set by the reader that checked it out (under the pool's lock) until it checks it
+    // back in.
     /// Messages per `recvmmsg` / `sendmmsg` call. A window of 64 datagrams in flight is read in
     /// one call (with 32, every such burst costs a third call that finds nothing).
     static let messages = 64
@@ -62,6 +65,54 @@ final class IOScratch {
 
     @inline(__always)
     func name(_ index: Int) -> UnsafeMutableRawPointer { UnsafeMutableRawPointer(names + index) }
+
+    // MARK: Receiving
+
+    /// Points the first `count` messages at receive chunks of `length` bytes (and,
+    /// `withControl`, at control buffers for metadata), ready for `recvmmsg`.
+    func prepareReceive(_ count: Int, length: Int, withControl: Bool) {
+        for index in 0..<count {
+            let iov = iovecs + index
+            iov.pointee = iovec(iov_base: chunk(index), iov_len: length)
+            var header = msghdr()
+            header.msg_name = name(index)
+            header.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            header.msg_iov = iov
+            header.msg_iovlen = 1
+            if withControl {
+                header.msg_control = controlBuffer(index)
+                header.msg_controllen = Self.controlSize
+            }
+            headers[index] = cuv_mmsghdr(msg_hdr: header, msg_len: 0)
+        }
+    }
+
+    /// The datagram `recvmmsg` left in message `index` (its metadata aside), or `nil` if its
+    /// sender is not an IP address.
+    @inline(__always)
+    func receivedDatagram(_ index: Int) -> Datagram? {
+        let header = headers[index]
+        guard let remote = SocketAddress(name(index).assumingMemoryBound(to: sockaddr.self)) else { return nil }
+        let payload = [UInt8](UnsafeRawBufferPointer(start: chunk(index), count: Int(header.msg_len)))
+        return Datagram(payload: payload, remote: remote, isTruncated: header.msg_hdr.msg_flags & Int32(MSG_TRUNC) != 0)
+    }
+
+    // MARK: The pool for reads off the loop
+
+    /// Sets kept for reuse: at most one per core is ever needed at once.
+    private static let pool = LockedBox<[IOScratch]>([])
+
+    /// A set of buffers for one read from a consumer's thread; give it back with ``checkIn(_:)``.
+    static func checkOut() -> IOScratch {
+        pool.withLock { $0.popLast() } ?? IOScratch()
+    }
+
+    /// Returns a set taken with ``checkOut()``.
+    static func checkIn(_ buffers: IOScratch) {
+        pool.withLock { free in
+            if free.count < 8 { free.append(buffers) }
+        }
+    }
 }
 
 /// How a queued datagram's outcome is reported, on the loop thread.

@@ -65,14 +65,6 @@ extension SendPath {
         return UInt16(truncatingIfNeeded: port)
     }
 
-    /// Points message `header` at `control` (``IOScratch/controlSize`` bytes) for the kernel's
-    /// control messages.
-    @inline(__always)
-    static func attachControl(_ header: inout msghdr, _ control: UnsafeMutableRawPointer) {
-        header.msg_control = control
-        header.msg_controllen = IOScratch.controlSize
-    }
-
     /// Decodes the metadata of received message `message`.
     @inline(__always)
     func metadata(of message: UnsafeMutablePointer<cuv_mmsghdr>, localPort: UInt16) -> Datagram.Metadata? {

@@ -213,8 +213,9 @@ extension UDPHandle {
         let fd = sendPath.fd
         let withMetadata = !sendPath.receiveMetadataOptions.isEmpty
         let localPort = withMetadata ? sendPath.localPortForMetadata() : 0
-        // A GRO buffer holds whole segments: it is kept whole (the size limit is per datagram).
-        let limit = withMetadata && sendPath.receiveMetadataOptions.contains(.gro) ? IOScratch.chunkSize : maximumDatagramSize
+        // With GRO the kernel may hand over up to 64 KiB of coalesced segments: read into the
+        // whole chunk (the size limit is per datagram).
+        let readLength = sendPath.receiveMetadataOptions.contains(.gro) ? IOScratch.chunkSize : maximumDatagramSize
         deliveringBatch = true
         scratch.readInProgress = true
         var read = 0
@@ -228,7 +229,7 @@ extension UDPHandle {
                 }
                 wanted = min(wanted, budget)
             }
-            prepareReceive(wanted, withControl: withMetadata)
+            scratch.prepareReceive(wanted, length: readLength, withControl: withMetadata)
             let count = cuv_recvmmsg(fd, scratch.headers, UInt32(wanted))
             if count < 0 {
                 let code = -count
@@ -245,13 +246,7 @@ extension UDPHandle {
                 break
             }
             for index in 0..<Int(count) {
-                let header = scratch.headers[index]
-                let length = Int(header.msg_len)
-                let kept = min(length, limit)
-                guard let remote = SocketAddress(scratch.name(index).assumingMemoryBound(to: sockaddr.self)) else { continue }
-                let payload = [UInt8](UnsafeRawBufferPointer(start: scratch.chunk(index), count: kept))
-                let truncated = header.msg_hdr.msg_flags & Int32(MSG_TRUNC) != 0 || kept < length
-                var datagram = Datagram(payload: payload, remote: remote, isTruncated: truncated)
+                guard var datagram = scratch.receivedDatagram(index) else { continue }
                 if withMetadata { datagram.metadata = sendPath.metadata(of: scratch.headers + index, localPort: localPort) }
                 if receiving && state == .open {
                     deliver(.success(datagram), fatal: false)
@@ -268,26 +263,6 @@ extension UDPHandle {
         receiver?.receiveBatchEnded()
         if flushScheduled { flushQueue() }
         updatePollEvents()
-    }
-
-    /// Points the first `count` scratch messages at receive chunks of the maximum size (and,
-    /// `withControl`, at control buffers for metadata).
-    private func prepareReceive(_ count: Int, withControl: Bool) {
-        // With GRO the kernel may hand over up to 64 KiB of coalesced segments: read into the
-        // whole chunk, or the segments past `maximumDatagramSize` would be lost.
-        let length = withControl && sendPath?.receiveMetadataOptions.contains(.gro) == true
-            ? IOScratch.chunkSize : maximumDatagramSize
-        for index in 0..<count {
-            let iov = scratch.iovecs + index
-            iov.pointee = iovec(iov_base: scratch.chunk(index), iov_len: length)
-            var header = msghdr()
-            header.msg_name = scratch.name(index)
-            header.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            header.msg_iov = iov
-            header.msg_iovlen = 1
-            if withControl { SendPath.attachControl(&header, scratch.controlBuffer(index)) }
-            scratch.headers[index] = cuv_mmsghdr(msg_hdr: header, msg_len: 0)
-        }
     }
 
     /// Hands one datagram or error to the receiver or the callback.
